@@ -63,6 +63,11 @@ pub fn format_duration(d: Duration) -> String {
 pub struct Ttl(u32);
 
 impl Ttl {
+    /// Five minutes: the default JWT-SVID lifetime.
+    pub const FIVE_MINUTES: Self = Self(300);
+    /// One hour: the default X.509-SVID and agent SVID lifetime.
+    pub const ONE_HOUR: Self = Self(3600);
+
     /// A lifetime of `secs` seconds, if within bounds.
     pub fn from_secs(secs: u64) -> Result<Self, DurationError> {
         if secs < MIN_TTL.as_secs() || secs > MAX_TTL.as_secs() {

@@ -267,7 +267,8 @@ mod tests {
 
     #[test]
     fn refuses_each_rule() {
-        let cases: Vec<(Box<dyn Fn(&mut Entry)>, EntryError)> = vec![
+        type Mutation = Box<dyn Fn(&mut Entry)>;
+        let cases: Vec<(Mutation, EntryError)> = vec![
             (Box::new(|e| e.selectors.clear()), EntryError::NoSelectors),
             (
                 Box::new(|e| e.selectors = (0..33).map(Selector::Uid).collect()),
