@@ -98,6 +98,12 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, CaError> {
     }
 }
 
+/// The trust domain a CA certificate names in its URI SAN (`spiffe://<td>`).
+pub fn ca_trust_domain(der: &[u8]) -> Option<lanyard_core::TrustDomain> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    single_spiffe_id(&cert).ok().map(|id| id.trust_domain())
+}
+
 /// Verifies `chain` (DER, leaf first) up to one of `roots` at `now` for
 /// `usage`, then checks the leaf rules. Chain building and signature checks
 /// are rustls-webpki's; nothing here re-implements them.

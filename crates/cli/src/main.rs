@@ -1,1 +1,75 @@
-fn main() {}
+//! `lanyard`: every Lanyard role in one binary.
+//!
+//! `lanyard server run` is the issuer, `lanyard agent run` the node agent; the
+//! other commands talk to one of them — admin commands to the server's admin
+//! socket, workload commands to the agent's Workload API socket. A command
+//! that fails prints one line saying why and exits non-zero.
+
+mod admin;
+mod cli;
+mod clients;
+mod demo;
+mod output;
+mod run;
+mod workload;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lanyard: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanyard: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Server(cli::ServerCommand::Run(args)) => run::server(args).await,
+        Command::Agent(cli::AgentCommand::Run(args)) => run::agent(args).await,
+        Command::Agent(cli::AgentCommand::List { admin, output }) => {
+            admin::agent_list(admin, output).await
+        }
+        Command::Agent(cli::AgentCommand::Ban { spiffe_id, admin }) => {
+            admin::agent_ban(spiffe_id, admin).await
+        }
+        Command::Entry(cmd) => admin::entry(cmd).await,
+        Command::JoinToken(cmd) => admin::join_token(cmd).await,
+        Command::Bundle(cmd) => admin::bundle(cmd).await,
+        Command::Svid(cmd) => workload::svid(cmd).await,
+        Command::Jwt(cmd) => workload::jwt(cmd).await,
+        Command::Demo => demo::run().await,
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause that
+/// the message already contains.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}

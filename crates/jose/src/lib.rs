@@ -26,7 +26,6 @@
 //! assert_eq!(registered.sub, "spiffe://example.org/web");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod b64;
 pub mod claims;

@@ -1,1 +1,39 @@
-//! lanyard-server
+//! The Lanyard issuer: `lanyard server run`.
+//!
+//! It serves three things:
+//! - the **node API** (gRPC over mutual TLS) where agents attest with a join
+//!   token, renew their SVID, sync their registration entries and have
+//!   workload CSRs and JWT-SVIDs signed;
+//! - the **admin API** (gRPC on a 0600 Unix socket) for entries, join tokens,
+//!   agents and the bundle;
+//! - the audit trail: every credential and every admin change is recorded
+//!   durably before the caller hears back.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lanyard_server::StartError> {
+//! use lanyard_server::{Server, ServerConfig};
+//! let config = ServerConfig::new(
+//!     "example.org".parse().map_err(|e| lanyard_server::StartError::Config(format!("{e}")))?,
+//!     "/var/lib/lanyard".into(),
+//!     "/run/lanyard/admin.sock".into(),
+//!     "127.0.0.1:8081".parse().map_err(|e| lanyard_server::StartError::Config(format!("{e}")))?,
+//! );
+//! let server = Server::bind(config).await?;
+//! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod admin_socket;
+mod config;
+mod convert;
+mod keys;
+mod limits;
+mod node;
+mod run;
+mod state;
+mod status;
+mod tls;
+
+pub use config::ServerConfig;
+pub use run::{Server, StartError};

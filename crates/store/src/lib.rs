@@ -1,1 +1,48 @@
-//! lanyard-store
+//! Lanyard's persistent state: registration entries, agents, join tokens,
+//! signing keys and the hash-chained audit log.
+//!
+//! The server codes against the [`Store`] trait (held as `Arc<dyn Store>`);
+//! [`SledStore`] is the embedded implementation, one directory and no
+//! setup. A write is acknowledged only once it is durable, atomically with
+//! its audit record; concurrent writers share one fsync (group commit).
+//! Entry writes carry a global revision that agents sync from
+//! incrementally ([`Store::entry_changes`]).
+//!
+//! ```
+//! use lanyard_store::{AuditEvent, SledStore, Store};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let rt = tokio::runtime::Runtime::new()?;
+//! rt.block_on(async {
+//!     let store = SledStore::open(dir.path())?;
+//!     let event = AuditEvent {
+//!         at: 1_700_000_000,
+//!         kind: "server.start".into(),
+//!         actor: "server".into(),
+//!         subject: "spiffe://example.org/lanyard/server".into(),
+//!         detail: serde_json::json!({}),
+//!     };
+//!     let record = store.append_audit(event).await?; // durable on return
+//!     assert_eq!(record.seq, 1);
+//!     assert_eq!(store.verify_audit_chain().await?.head, record.hash);
+//!     Ok::<_, lanyard_store::StoreError>(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod audit;
+mod commit;
+mod error;
+mod records;
+mod sled_store;
+mod store;
+
+pub use audit::{AuditEvent, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash};
+pub use error::{Result, StoreError};
+pub use records::{
+    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, hash_join_token,
+};
+pub use sled_store::SledStore;
+pub use store::Store;

@@ -1,0 +1,297 @@
+//! Workload attestation: what the kernel says about the process at the other
+//! end of a Workload API connection.
+//!
+//! The uid, gid and pid come from `SO_PEERCRED`, captured by the kernel when
+//! the peer connected. Everything else is read from `/proc/<pid>`, which
+//! names whatever process holds that pid *now*; so the process's start time
+//! is read before and after, and must not be later than the moment the
+//! connection was accepted. A process that exited and had its pid reused by
+//! a newer one fails that check instead of inheriting an identity.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+use lanyard_core::Selector;
+use ring::digest::{Context, SHA256};
+
+/// Clock ticks per second in `/proc` (Linux `USER_HZ`, 100 on every
+/// architecture Lanyard runs on).
+pub const USER_HZ: u64 = 100;
+/// Most executables whose digests are remembered.
+pub const DIGEST_CACHE_SIZE: usize = 1024;
+
+/// The peer of a Workload API connection, from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Process id at connect time.
+    pub pid: i32,
+    /// Effective uid at connect time.
+    pub uid: u32,
+    /// Effective gid at connect time.
+    pub gid: u32,
+    /// Boot-clock ticks when the connection was accepted.
+    pub accepted_at_ticks: u64,
+}
+
+/// Why a caller could not be attested.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// No peer credentials on the connection (not a Unix socket peer).
+    #[error("caller credentials are unavailable")]
+    NoCredentials,
+    /// The process is gone.
+    #[error("caller process {0} has exited")]
+    Gone(i32),
+    /// The pid now belongs to a process that started after the connection.
+    #[error("caller pid {0} was reused by another process")]
+    PidReused(i32),
+    /// The process's effective uid/gid no longer match its connect-time credentials.
+    #[error("caller process {0} changed credentials since it connected")]
+    CredentialsChanged(i32),
+    /// A /proc file could not be parsed.
+    #[error("cannot read /proc/{0}: {1}")]
+    Proc(i32, String),
+}
+
+/// Device, inode, size, mtime seconds and nanoseconds: what identifies a
+/// file's content on disk without reading it.
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Digests of executables, keyed by [`FileKey`].
+#[derive(Default)]
+pub struct DigestCache {
+    map: Mutex<HashMap<FileKey, [u8; 32]>>,
+}
+
+/// Attests the connection's peer: the selectors that describe it. The
+/// executable is hashed only when `need_digest` (some entry asks for it).
+pub fn attest(
+    peer: Option<PeerInfo>,
+    need_digest: bool,
+    digests: &DigestCache,
+) -> Result<Vec<Selector>, AttestError> {
+    let peer = peer.ok_or(AttestError::NoCredentials)?;
+    let pid = peer.pid;
+    let start = start_ticks(pid)?;
+    // Start times are truncated to ticks, the accept time too: allow one tick.
+    if start > peer.accepted_at_ticks + 1 {
+        return Err(AttestError::PidReused(pid));
+    }
+    let status = read_proc(pid, "status")?;
+    let (euid, egid) = parse_status_ids(&status)
+        .ok_or_else(|| AttestError::Proc(pid, "status: no Uid/Gid".into()))?;
+    if euid != peer.uid || egid != peer.gid {
+        return Err(AttestError::CredentialsChanged(pid));
+    }
+    let mut selectors = vec![Selector::Uid(peer.uid), Selector::Gid(peer.gid)];
+    if let Some(name) = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| name_of(&p, peer.uid))
+    {
+        selectors.extend(Selector::parse(&format!("unix:user:{name}")).ok());
+    }
+    if let Some(name) = std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|g| name_of(&g, peer.gid))
+    {
+        selectors.extend(Selector::parse(&format!("unix:group:{name}")).ok());
+    }
+    // The executable is readable only with the process's uid or privilege;
+    // without it the caller simply has no path or digest selectors.
+    if let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        if let Some(path) = path.to_str() {
+            selectors.extend(Selector::parse(&format!("unix:path:{path}")).ok());
+        }
+        if need_digest {
+            if let Some(d) = exe_digest(pid, digests) {
+                selectors.push(Selector::Sha256(d));
+            }
+        }
+    }
+    // The same process must still hold the pid after all those reads.
+    if start_ticks(pid)? != start {
+        return Err(AttestError::PidReused(pid));
+    }
+    Ok(selectors)
+}
+
+/// Boot-clock ticks now (`/proc/uptime`, the clock `/proc/<pid>/stat` counts in).
+pub fn boot_ticks() -> std::io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/uptime")?;
+    parse_uptime_ticks(&text).ok_or_else(|| std::io::Error::other("unparsable /proc/uptime"))
+}
+
+fn read_proc(pid: i32, file: &str) -> Result<String, AttestError> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => AttestError::Gone(pid),
+        _ => AttestError::Proc(pid, format!("{file}: {e}")),
+    })
+}
+
+fn start_ticks(pid: i32) -> Result<u64, AttestError> {
+    let stat = read_proc(pid, "stat")?;
+    parse_stat_start(&stat).ok_or_else(|| AttestError::Proc(pid, "stat: no start time".into()))
+}
+
+fn exe_digest(pid: i32, cache: &DigestCache) -> Option<[u8; 32]> {
+    let mut file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+    let meta = file.metadata().ok()?;
+    let key = (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    );
+    if let Some(d) = cache.map.lock().ok()?.get(&key) {
+        return Some(*d);
+    }
+    let mut ctx = Context::new(&SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    let digest: [u8; 32] = ctx.finish().as_ref().try_into().ok()?;
+    let mut map = cache.map.lock().ok()?;
+    if map.len() >= DIGEST_CACHE_SIZE {
+        map.clear();
+    }
+    map.insert(key, digest);
+    Some(digest)
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2)
+/// may contain spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat_start(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Effective uid and gid from `/proc/<pid>/status`.
+pub fn parse_status_ids(status: &str) -> Option<(u32, u32)> {
+    let field = |name: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// The name for `id` in an `/etc/passwd` or `/etc/group` file.
+pub fn name_of(db: &str, id: u32) -> Option<String> {
+    db.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let line_id: u32 = fields.next()?.parse().ok()?;
+        (line_id == id && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
+/// `/proc/uptime`'s first field, in ticks.
+pub fn parse_uptime_ticks(uptime: &str) -> Option<u64> {
+    let secs = uptime.split_whitespace().next()?;
+    let (whole, frac) = secs.split_once('.').unwrap_or((secs, "0"));
+    let whole: u64 = whole.parse().ok()?;
+    let centis: u64 = format!("{frac:0<2}").get(..2)?.parse().ok()?;
+    Some(whole * USER_HZ + centis * USER_HZ / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_comm() {
+        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200 ...";
+        assert_eq!(parse_stat_start(stat), Some(98765));
+        assert_eq!(parse_stat_start("garbage"), None);
+    }
+
+    #[test]
+    fn parses_status_ids() {
+        let status = "Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\n";
+        assert_eq!(parse_status_ids(status), Some((1001, 101)));
+        assert_eq!(parse_status_ids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn looks_up_names() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
+        assert_eq!(name_of(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(name_of(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(name_of(passwd, 5), None);
+    }
+
+    #[test]
+    fn parses_uptime() {
+        assert_eq!(parse_uptime_ticks("12345.67 999.00\n"), Some(1_234_567));
+        assert_eq!(parse_uptime_ticks("5.5 1"), Some(550));
+        assert_eq!(parse_uptime_ticks("x"), None);
+    }
+
+    #[test]
+    fn attests_this_process() {
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (uid, gid) = parse_status_ids(&status).unwrap();
+        let peer = PeerInfo {
+            pid: me,
+            uid,
+            gid,
+            accepted_at_ticks: boot_ticks().unwrap(),
+        };
+        let selectors = attest(Some(peer), true, &DigestCache::default()).unwrap();
+        assert!(selectors.contains(&Selector::Uid(uid)));
+        assert!(selectors.contains(&Selector::Gid(gid)));
+        let exe = std::env::current_exe().unwrap();
+        assert!(selectors.contains(&Selector::Path(exe.to_str().unwrap().to_owned())));
+        assert!(selectors.iter().any(|s| matches!(s, Selector::Sha256(_))));
+    }
+
+    #[test]
+    fn refuses_a_process_that_started_after_the_connection() {
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (uid, gid) = parse_status_ids(&status).unwrap();
+        // The connection "was accepted" before this process started.
+        let peer = PeerInfo {
+            pid: me,
+            uid,
+            gid,
+            accepted_at_ticks: 0,
+        };
+        assert!(matches!(
+            attest(Some(peer), false, &DigestCache::default()),
+            Err(AttestError::PidReused(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_changed_credentials_and_missing_peers() {
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (uid, gid) = parse_status_ids(&status).unwrap();
+        let peer = PeerInfo {
+            pid: me,
+            uid: uid.wrapping_add(1),
+            gid,
+            accepted_at_ticks: boot_ticks().unwrap(),
+        };
+        assert!(matches!(
+            attest(Some(peer), false, &DigestCache::default()),
+            Err(AttestError::CredentialsChanged(_))
+        ));
+        assert!(matches!(
+            attest(None, false, &DigestCache::default()),
+            Err(AttestError::NoCredentials)
+        ));
+    }
+}

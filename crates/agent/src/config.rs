@@ -1,0 +1,18 @@
+//! What `lanyard agent run` is told at start.
+
+use std::path::PathBuf;
+
+/// Agent settings (the CLI merges flags and config file; flags win).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where the agent keeps its SVID, key and bundle.
+    pub data_dir: PathBuf,
+    /// Node API addresses (`host:port`), tried in turn.
+    pub servers: Vec<String>,
+    /// One-time token for the first start; ignored once attested.
+    pub join_token: Option<String>,
+    /// PEM CA certificates to trust the server with on the first start.
+    pub trust_bundle: Option<PathBuf>,
+    /// The Workload API socket path.
+    pub socket: PathBuf,
+}

@@ -1,0 +1,58 @@
+//! What `lanyard server run` is told at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lanyard_core::{TrustDomain, Ttl};
+
+/// Server settings, from flags or a config file (flags win; the CLI merges them).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The trust domain every identity belongs to.
+    pub trust_domain: TrustDomain,
+    /// Where the sled store lives.
+    pub data_dir: PathBuf,
+    /// The admin API's Unix socket, created 0600.
+    pub admin_socket: PathBuf,
+    /// The node API (mTLS) listen address.
+    pub listen: SocketAddr,
+    /// The bundle endpoint listen address.
+    pub bundle_listen: Option<SocketAddr>,
+    /// The URL relying parties reach the bundle endpoint at; JWT `iss`.
+    pub public_url: Option<String>,
+    /// Lifetime of a newly generated CA certificate.
+    pub ca_ttl: Duration,
+    /// Lifetime of a newly generated JWT signing key.
+    pub jwt_key_ttl: Duration,
+    /// Lifetime of agent SVIDs.
+    pub agent_svid_ttl: Ttl,
+    /// X.509-SVID lifetime for entries that do not set one.
+    pub default_x509_ttl: Ttl,
+    /// JWT-SVID lifetime for entries that do not set one.
+    pub default_jwt_ttl: Ttl,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the trust domain and the paths.
+    pub fn new(
+        trust_domain: TrustDomain,
+        data_dir: PathBuf,
+        admin_socket: PathBuf,
+        listen: SocketAddr,
+    ) -> Self {
+        Self {
+            trust_domain,
+            data_dir,
+            admin_socket,
+            listen,
+            bundle_listen: None,
+            public_url: None,
+            ca_ttl: Duration::from_secs(365 * 86_400),
+            jwt_key_ttl: Duration::from_secs(365 * 86_400),
+            agent_svid_ttl: Ttl::ONE_HOUR,
+            default_x509_ttl: Ttl::ONE_HOUR,
+            default_jwt_ttl: Ttl::FIVE_MINUTES,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Protobuf messages to domain types and back: requests are parsed here,
+//! at the edge, before any logic sees them.
+
+use lanyard_ca::TrustBundle;
+use lanyard_core::{DnsName, Entry, EntryId, Selector, SpiffeId, Ttl};
+use lanyard_proto::{admin, common};
+use lanyard_store::AgentRecord;
+
+use crate::status::ApiError;
+
+/// Lifetimes applied when a new entry leaves them at 0.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TtlDefaults {
+    pub(crate) x509: Ttl,
+    pub(crate) jwt: Ttl,
+}
+
+pub(crate) fn parse_spiffe_id(field: &str, s: &str) -> Result<SpiffeId, ApiError> {
+    SpiffeId::parse(s).map_err(|e| ApiError::invalid(field, e))
+}
+
+pub(crate) fn parse_entry_id(s: &str) -> Result<EntryId, ApiError> {
+    EntryId::parse(s).map_err(|e| ApiError::invalid("id", e))
+}
+
+fn parse_ttl(field: &str, secs: u32, default: Ttl) -> Result<Ttl, ApiError> {
+    if secs == 0 {
+        return Ok(default);
+    }
+    Ttl::from_secs(u64::from(secs)).map_err(|e| ApiError::invalid(field, e))
+}
+
+/// Builds an entry from a request; `id` and `revision` are the server's.
+pub(crate) fn entry_from_proto(
+    p: common::Entry,
+    id: EntryId,
+    defaults: TtlDefaults,
+) -> Result<Entry, ApiError> {
+    let selectors = p
+        .selectors
+        .iter()
+        .map(|s| {
+            Selector::parse(s).map_err(|e| ApiError::invalid("selector", format!("{s:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dns_names = p
+        .dns_names
+        .iter()
+        .map(|d| DnsName::parse(d).map_err(|e| ApiError::invalid("dns_name", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let expires_at = match p.expires_at {
+        0 => None,
+        t if t < 0 => return Err(ApiError::invalid("expires_at", "must not be negative")),
+        t => Some(t.unsigned_abs()),
+    };
+    Ok(Entry {
+        id,
+        spiffe_id: parse_spiffe_id("spiffe_id", &p.spiffe_id)?,
+        parent_id: parse_spiffe_id("parent_id", &p.parent_id)?,
+        selectors,
+        x509_ttl: parse_ttl("x509_ttl", p.x509_ttl_seconds, defaults.x509)?,
+        jwt_ttl: parse_ttl("jwt_ttl", p.jwt_ttl_seconds, defaults.jwt)?,
+        dns_names,
+        expires_at,
+        hint: p.hint,
+        revision: 0,
+    })
+}
+
+pub(crate) fn entry_to_proto(e: &Entry) -> common::Entry {
+    common::Entry {
+        id: e.id.to_string(),
+        spiffe_id: e.spiffe_id.to_string(),
+        parent_id: e.parent_id.to_string(),
+        selectors: e.selectors.iter().map(ToString::to_string).collect(),
+        x509_ttl_seconds: e.x509_ttl.as_secs(),
+        jwt_ttl_seconds: e.jwt_ttl.as_secs(),
+        dns_names: e.dns_names.iter().map(ToString::to_string).collect(),
+        expires_at: e
+            .expires_at
+            .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+        revision: e.revision,
+        hint: e.hint.clone(),
+    }
+}
+
+pub(crate) fn bundle_to_proto(b: &TrustBundle) -> common::Bundle {
+    common::Bundle {
+        trust_domain: b.trust_domain.to_string(),
+        x509_authorities: b.x509_authorities.clone(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|k| common::JwtKey {
+                kid: k.key.kid().to_owned(),
+                public_key: k.key.spki_der(),
+                expires_at: secs_i64(k.expires_at),
+            })
+            .collect(),
+        sequence: b.sequence,
+        refresh_hint_seconds: u32::try_from(b.refresh_hint.as_secs()).unwrap_or(u32::MAX),
+    }
+}
+
+pub(crate) fn agent_to_proto(a: &AgentRecord) -> admin::Agent {
+    admin::Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        name: a.name.clone(),
+        attested_at: secs_i64(a.attested_at),
+        svid_expires_at: secs_i64(a.svid_expires_at),
+        banned: a.banned,
+        last_seen: secs_i64(a.last_seen),
+    }
+}
+
+pub(crate) fn secs_i64(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}

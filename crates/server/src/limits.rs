@@ -1,0 +1,19 @@
+//! Named limits for every API the server exposes.
+
+/// Largest gRPC message the node API decodes.
+pub(crate) const NODE_MAX_MESSAGE: usize = 1024 * 1024;
+/// Largest gRPC message the admin API decodes.
+pub(crate) const ADMIN_MAX_MESSAGE: usize = 1024 * 1024;
+/// Most CSRs in one MintX509Svids call.
+pub(crate) const MAX_X509_BATCH: usize = 500;
+/// Most entries in one SyncEntries message (keeps each far below 4 MiB).
+pub(crate) const SYNC_CHUNK: usize = 500;
+/// Default and largest page of ListEntries.
+pub(crate) const LIST_PAGE_DEFAULT: usize = 100;
+/// Largest page of ListEntries.
+pub(crate) const LIST_PAGE_MAX: usize = 1000;
+/// Longest a TLS handshake on the node API may take.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest join-token lifetime.
+pub(crate) const MAX_JOIN_TOKEN_TTL: std::time::Duration =
+    std::time::Duration::from_secs(7 * 86_400);

@@ -1,0 +1,442 @@
+//! The node API: what agents call, over mutual TLS.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use lanyard_ca::{JwtSvidTemplate, X509SvidTemplate, csr, svid};
+use lanyard_core::{Entry, SpiffeId, ids, unix_secs};
+use lanyard_proto::node::node_server::Node;
+use lanyard_proto::node::{
+    AttestRequest, AttestResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidsRequest,
+    MintX509SvidsResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse,
+    X509SvidRequest, X509SvidResult,
+};
+use lanyard_store::{AgentRecord, AuditEvent};
+use ring::digest::{SHA256, digest};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::convert::{bundle_to_proto, entry_to_proto, parse_entry_id, secs_i64};
+use crate::limits::{MAX_X509_BATCH, SYNC_CHUNK};
+use crate::state::State;
+use crate::status::ApiError;
+
+/// The node API service.
+pub(crate) struct NodeApi {
+    pub(crate) state: Arc<State>,
+}
+
+/// An agent that proved who it is with its current SVID.
+struct AgentCaller {
+    id: SpiffeId,
+    record: AgentRecord,
+}
+
+impl NodeApi {
+    /// Authenticates the caller from its TLS client certificate: an agent SVID
+    /// (already chain-checked by rustls) of a known, unbanned agent, and the
+    /// newest one issued to it.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentCaller, ApiError> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "an agent SVID (TLS client certificate) is required".into(),
+                )
+            })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| ApiError::Unauthenticated("empty client certificate chain".into()))?;
+        let info =
+            svid::inspect_leaf(leaf).map_err(|e| ApiError::PermissionDenied(e.to_string()))?;
+        if ids::agent_name(&self.state.td, &info.spiffe_id).is_none() {
+            return Err(ApiError::PermissionDenied(format!(
+                "{} is not an agent",
+                info.spiffe_id
+            )));
+        }
+        tracing::Span::current().record("caller", info.spiffe_id.as_str());
+        let record = self
+            .state
+            .store
+            .get_agent(&info.spiffe_id)
+            .await?
+            .ok_or_else(|| ApiError::PermissionDenied("unknown agent".into()))?;
+        if record.banned {
+            return Err(ApiError::PermissionDenied("agent is banned".into()));
+        }
+        if record.svid_serial != info.serial {
+            return Err(ApiError::PermissionDenied(
+                "agent SVID has been superseded; reconnect with the newest one".into(),
+            ));
+        }
+        Ok(AgentCaller {
+            id: info.spiffe_id,
+            record,
+        })
+    }
+
+    /// Signs an agent SVID for the key in `csr_der`.
+    fn sign_agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<lanyard_ca::SignedCert, ApiError> {
+        let template = X509SvidTemplate {
+            spiffe_id: id.clone(),
+            dns_names: Vec::new(),
+            ttl: self.state.config.agent_svid_ttl.as_duration(),
+            public_key: csr::parse_csr(csr_der)?,
+        };
+        Ok(self
+            .state
+            .keys()
+            .x509
+            .sign_svid(&template, self.state.now())?)
+    }
+
+    /// Looks up an entry the caller may serve: it exists, names the caller as
+    /// parent, and has not expired.
+    async fn served_entry(&self, caller: &AgentCaller, entry_id: &str) -> Result<Entry, ApiError> {
+        let id = parse_entry_id(entry_id)?;
+        let entry = self.state.store.get_entry(&id).await?;
+        match entry {
+            Some(e) if e.parent_id == caller.id && !e.is_expired(unix_secs(self.state.now())) => {
+                Ok(e)
+            }
+            // The same answer whether absent, someone else's or expired: an
+            // agent learns nothing about entries it does not serve.
+            _ => Err(ApiError::PermissionDenied(format!(
+                "entry {id} is not served by this agent"
+            ))),
+        }
+    }
+
+    async fn mint_x509(
+        &self,
+        caller: &AgentCaller,
+        req: &X509SvidRequest,
+    ) -> Result<(Vec<u8>, AuditEvent), ApiError> {
+        let entry = self.served_entry(caller, &req.entry_id).await?;
+        let template = X509SvidTemplate {
+            spiffe_id: entry.spiffe_id.clone(),
+            dns_names: entry.dns_names.clone(),
+            ttl: entry.x509_ttl.as_duration(),
+            public_key: csr::parse_csr(&req.csr)?,
+        };
+        let signed = self
+            .state
+            .keys()
+            .x509
+            .sign_svid(&template, self.state.now())?;
+        let audit = self.state.audit(
+            "x509svid.mint",
+            caller.id.as_str(),
+            entry.spiffe_id.as_str(),
+            serde_json::json!({
+                "entry_id": entry.id.as_str(),
+                "serial": signed.serial,
+                "not_after": unix_secs(signed.not_after),
+            }),
+        );
+        Ok((signed.der, audit))
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    async fn attest(
+        &self,
+        req: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, Status> {
+        let req = req.into_inner();
+        // Check the CSR before spending the token on a request that cannot succeed.
+        csr::parse_csr(&req.csr).map_err(ApiError::from)?;
+        if req.join_token.is_empty() || req.join_token.len() > 256 {
+            return Err(ApiError::invalid("join_token", "must be 1-256 characters").into());
+        }
+        let hash: [u8; 32] = digest(&SHA256, req.join_token.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| ApiError::Internal("sha256 length".into()))?;
+        let now = self.state.now();
+        let consumed = self
+            .state
+            .store
+            .consume_join_token(
+                hash,
+                self.state
+                    .audit("jointoken.consume", "anonymous", "", serde_json::json!({})),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        let token = consumed.ok_or_else(|| {
+            ApiError::PermissionDenied("join token is unknown or already used".into())
+        })?;
+        if unix_secs(now) >= token.expires_at {
+            return Err(ApiError::PermissionDenied("join token has expired".into()).into());
+        }
+        let id = ids::agent_id(&self.state.td, &token.name)
+            .map_err(|e| ApiError::Internal(format!("stored agent name: {e}")))?;
+        tracing::Span::current().record("caller", id.as_str());
+        if let Some(existing) = self
+            .state
+            .store
+            .get_agent(&id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            if existing.banned {
+                return Err(ApiError::PermissionDenied("agent is banned".into()).into());
+            }
+        }
+        let signed = self.sign_agent_svid(&id, &req.csr)?;
+        let record = AgentRecord {
+            spiffe_id: id.clone(),
+            name: token.name.clone(),
+            attested_at: unix_secs(now),
+            svid_serial: signed.serial.clone(),
+            svid_expires_at: unix_secs(signed.not_after),
+            banned: false,
+            last_seen: unix_secs(now),
+        };
+        let audit = self.state.audit(
+            "agent.attest",
+            id.as_str(),
+            id.as_str(),
+            serde_json::json!({ "serial": signed.serial, "method": "join_token" }),
+        );
+        self.state
+            .store
+            .put_agent(record, Some(audit))
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(agent = %id, "agent attested");
+        Ok(Response::new(AttestResponse {
+            spiffe_id: id.to_string(),
+            svid_chain: vec![signed.der],
+            bundle: Some(bundle_to_proto(&self.state.keys().bundle)),
+        }))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<RenewAgentRequest>,
+    ) -> Result<Response<RenewAgentResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let signed = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
+        let record = AgentRecord {
+            svid_serial: signed.serial.clone(),
+            svid_expires_at: unix_secs(signed.not_after),
+            last_seen: unix_secs(self.state.now()),
+            ..caller.record
+        };
+        let audit = self.state.audit(
+            "agent.renew",
+            caller.id.as_str(),
+            caller.id.as_str(),
+            serde_json::json!({ "serial": signed.serial }),
+        );
+        self.state
+            .store
+            .put_agent(record, Some(audit))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(RenewAgentResponse {
+            svid_chain: vec![signed.der],
+        }))
+    }
+
+    type SyncEntriesStream = SyncStream;
+
+    async fn sync_entries(
+        &self,
+        req: Request<SyncRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let since = req.get_ref().since_revision;
+        let (tx, rx) = mpsc::channel(4);
+        let state = Arc::clone(&self.state);
+        let span = tracing::info_span!("sync", agent = %caller.id);
+        tokio::spawn(sync_loop(state, caller.id, since, tx).instrument(span));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn mint_x509_svids(
+        &self,
+        req: Request<MintX509SvidsRequest>,
+    ) -> Result<Response<MintX509SvidsResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let requests = &req.get_ref().requests;
+        if requests.is_empty() || requests.len() > MAX_X509_BATCH {
+            return Err(ApiError::invalid(
+                "requests",
+                format!("must hold 1-{MAX_X509_BATCH} CSRs"),
+            )
+            .into());
+        }
+        let mut results = Vec::with_capacity(requests.len());
+        let mut audits = Vec::new();
+        for r in requests {
+            match self.mint_x509(&caller, r).await {
+                Ok((der, audit)) => {
+                    audits.push(audit);
+                    results.push(X509SvidResult {
+                        entry_id: r.entry_id.clone(),
+                        svid_chain: vec![der],
+                        error: String::new(),
+                    });
+                }
+                Err(ApiError::Internal(detail)) => return Err(ApiError::Internal(detail).into()),
+                Err(e) => results.push(X509SvidResult {
+                    entry_id: r.entry_id.clone(),
+                    svid_chain: Vec::new(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        // INVARIANT: no credential leaves before its audit record is durable.
+        self.state
+            .store
+            .append_audit_batch(audits)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(MintX509SvidsResponse { results }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let entry = self.served_entry(&caller, &req.entry_id).await?;
+        let template = JwtSvidTemplate {
+            spiffe_id: entry.spiffe_id.clone(),
+            audiences: req.audience,
+            ttl: entry.jwt_ttl.as_duration(),
+            issuer: self.state.config.public_url.clone(),
+        };
+        let keys = self.state.keys();
+        let (token, exp) = keys
+            .jwt
+            .sign_svid(&template, self.state.now())
+            .map_err(ApiError::from)?;
+        let audit = self.state.audit(
+            "jwtsvid.mint",
+            caller.id.as_str(),
+            entry.spiffe_id.as_str(),
+            serde_json::json!({
+                "entry_id": entry.id.as_str(),
+                "aud": template.audiences,
+                "kid": keys.jwt.kid(),
+                "exp": unix_secs(exp),
+            }),
+        );
+        self.state
+            .store
+            .append_audit(audit)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(MintJwtSvidResponse {
+            token,
+            expires_at: secs_i64(unix_secs(exp)),
+        }))
+    }
+}
+
+/// Streams the agent's entry changes until it disconnects or is banned.
+async fn sync_loop(
+    state: Arc<State>,
+    agent: SpiffeId,
+    mut since: u64,
+    tx: mpsc::Sender<Result<SyncResponse, Status>>,
+) {
+    let mut revisions = state.store.subscribe_revision();
+    let mut agent_events = state.agent_events.subscribe();
+    let mut keys = state.keys.subscribe();
+    let mut sent_bundle = None;
+    loop {
+        revisions.borrow_and_update();
+        agent_events.borrow_and_update();
+        let bundle = keys.borrow_and_update().bundle.clone();
+        match next_sync_messages(&state, &agent, since, &bundle, &mut sent_bundle).await {
+            Ok((messages, revision)) => {
+                for m in messages {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                since = revision;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        }
+        tokio::select! {
+            r = revisions.changed() => if r.is_err() { return },
+            r = agent_events.changed() => if r.is_err() { return },
+            r = keys.changed() => if r.is_err() { return },
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// The messages that bring an agent at `since` up to date, chunked.
+async fn next_sync_messages(
+    state: &State,
+    agent: &SpiffeId,
+    since: u64,
+    bundle: &lanyard_ca::TrustBundle,
+    sent_bundle: &mut Option<u64>,
+) -> Result<(Vec<SyncResponse>, u64), ApiError> {
+    match state.store.get_agent(agent).await? {
+        Some(r) if !r.banned => {}
+        _ => return Err(ApiError::PermissionDenied("agent is banned".into())),
+    }
+    let changes = state.store.entry_changes(agent, since).await?;
+    let bundle_changed = *sent_bundle != Some(bundle.sequence);
+    if changes.upserted.is_empty()
+        && changes.removed.is_empty()
+        && !changes.snapshot
+        && !bundle_changed
+    {
+        return Ok((Vec::new(), changes.revision));
+    }
+    let mut messages: Vec<SyncResponse> = changes
+        .upserted
+        .chunks(SYNC_CHUNK)
+        .map(|chunk| SyncResponse {
+            upserted: chunk.iter().map(entry_to_proto).collect(),
+            ..SyncResponse::default()
+        })
+        .collect();
+    if messages.is_empty() {
+        messages.push(SyncResponse::default());
+    }
+    // Only the first message starts a snapshot; only the last completes it.
+    messages[0].snapshot = changes.snapshot;
+    let count = messages.len();
+    for (i, m) in messages.iter_mut().enumerate() {
+        m.more = i + 1 < count;
+        m.revision = changes.revision;
+    }
+    if bundle_changed {
+        messages[0].bundle = Some(bundle_to_proto(bundle));
+        *sent_bundle = Some(bundle.sequence);
+    }
+    if let Some(last) = messages.last_mut() {
+        last.removed = changes.removed.iter().map(ToString::to_string).collect();
+    }
+    Ok((messages, changes.revision))
+}

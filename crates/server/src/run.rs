@@ -1,0 +1,246 @@
+//! Start-up, serving and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_ca::{Clock, SystemClock};
+use lanyard_proto::admin::admin_server::AdminServer;
+use lanyard_proto::node::node_server::NodeServer;
+use lanyard_store::{SledStore, Store, StoreError};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+
+use crate::admin::AdminApi;
+use crate::admin_socket;
+use crate::config::ServerConfig;
+use crate::keys;
+use crate::limits::{ADMIN_MAX_MESSAGE, NODE_MAX_MESSAGE, TLS_HANDSHAKE_TIMEOUT};
+use crate::node::NodeApi;
+use crate::state::State;
+use crate::tls::{self, SERVER_SVID_TTL, ServerCert};
+
+/// Why the server could not start; each says which part and why, in one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// The store could not be opened (locked by another process, newer schema, …).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Keys could not be loaded or generated.
+    #[error("keys: {0}")]
+    Keys(String),
+    /// The admin socket could not be created.
+    #[error("admin socket {path}: {1}", path = .0.display())]
+    AdminSocket(PathBuf, String),
+    /// The node API could not listen.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// A server failed while running.
+    #[error("serving: {0}")]
+    Serve(String),
+}
+
+impl From<lanyard_ca::CaError> for StartError {
+    fn from(e: lanyard_ca::CaError) -> Self {
+        Self::Keys(e.to_string())
+    }
+}
+
+/// A server with its store open and its sockets bound, ready to serve.
+pub struct Server {
+    state: Arc<State>,
+    node_listener: TcpListener,
+    admin_listener: UnixListener,
+    server_cert: Arc<ServerCert>,
+    server_cert_not_after: std::time::SystemTime,
+}
+
+impl Server {
+    /// Opens the store in `config.data_dir`, loads or creates the keys and
+    /// binds both APIs. Fails fast, with a message naming the culprit.
+    pub async fn bind(config: ServerConfig) -> Result<Self, StartError> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Server::bind`], with an injected clock.
+    pub async fn bind_with_clock(
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let td = config.trust_domain.clone();
+        let keys = keys::load_or_create(
+            store.as_ref(),
+            &td,
+            clock.now(),
+            config.ca_ttl,
+            config.jwt_key_ttl,
+        )
+        .await?;
+        let (server_cert, server_cert_not_after) = ServerCert::new(&keys.x509, &td, clock.now())?;
+        let node_listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let admin_listener = admin_socket::bind_private(&config.admin_socket)?;
+        let state = Arc::new(State {
+            td,
+            store,
+            keys: watch::Sender::new(Arc::new(keys)),
+            clock,
+            config,
+            agent_events: watch::Sender::new(0),
+        });
+        Ok(Self {
+            state,
+            node_listener,
+            admin_listener,
+            server_cert: Arc::new(server_cert),
+            server_cert_not_after,
+        })
+    }
+
+    /// The node API's bound address (useful when listening on port 0).
+    pub fn node_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.node_listener.local_addr()
+    }
+
+    /// The current trust bundle as PEM, e.g. for an agent's `--trust-bundle`.
+    pub fn bundle_pem(&self) -> String {
+        self.state.keys().bundle.x509_pem()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and flushes the store.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let roots = self.state.keys().bundle.x509_authorities.clone();
+        let tls_config = Arc::new(tls::server_config(Arc::clone(&self.server_cert), &roots)?);
+
+        let node = NodeServer::new(NodeApi {
+            state: Arc::clone(&self.state),
+        })
+        .max_decoding_message_size(NODE_MAX_MESSAGE);
+        let incoming = tls_incoming(self.node_listener, TlsAcceptor::from(tls_config));
+        let node_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .trace_fn(|req| tracing::info_span!("node", path = %req.uri().path(), caller = tracing::field::Empty))
+                .add_service(node)
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+        );
+
+        let admin = AdminServer::new(AdminApi {
+            state: Arc::clone(&self.state),
+            server_uid: admin_socket::own_uid(),
+        })
+        .max_decoding_message_size(ADMIN_MAX_MESSAGE);
+        let admin_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path(), caller = tracing::field::Empty))
+                .add_service(admin)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(self.admin_listener), stopped(stop_rx.clone())),
+        );
+
+        let renew_task = tokio::spawn(renew_server_cert(
+            Arc::clone(&self.state),
+            Arc::clone(&self.server_cert),
+            self.server_cert_not_after,
+        ));
+
+        tracing::info!(
+            trust_domain = %self.state.td,
+            node_api = %self.state.config.listen,
+            admin_socket = %self.state.config.admin_socket.display(),
+            "lanyard server ready"
+        );
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        renew_task.abort();
+        let drain = async {
+            let _ = node_task.await;
+            let _ = admin_task.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not drain within 10s");
+        }
+        self.state.store.flush().await?;
+        let _ = std::fs::remove_file(&self.state.config.admin_socket);
+        Ok(())
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop,
+/// so one slow client cannot hold up the others.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let handshakes = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = handshakes.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Renews the server's node-API certificate at half-life.
+async fn renew_server_cert(
+    state: Arc<State>,
+    cert: Arc<ServerCert>,
+    mut not_after: std::time::SystemTime,
+) {
+    loop {
+        let now = state.now();
+        let remaining = not_after.duration_since(now).unwrap_or_default();
+        let wait = remaining
+            .checked_sub(SERVER_SVID_TTL / 2)
+            .unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+        match cert.renew(&state.keys().x509, &state.td, state.now()) {
+            Ok(t) => not_after = t,
+            Err(e) => {
+                tracing::error!(error = %e, "server certificate renewal failed; retrying in 30s");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! What every API handler shares.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lanyard_ca::Clock;
+use lanyard_core::{TrustDomain, unix_secs};
+use lanyard_store::{AuditEvent, Store};
+use tokio::sync::watch;
+
+use crate::config::ServerConfig;
+use crate::convert::TtlDefaults;
+use crate::keys::{KeyWatch, Keys};
+
+/// Shared server state: store, keys, clock, configuration.
+pub(crate) struct State {
+    pub(crate) td: TrustDomain,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keys: KeyWatch,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: ServerConfig,
+    /// Bumped whenever an agent record changes in a way live streams must
+    /// notice (a ban).
+    pub(crate) agent_events: watch::Sender<u64>,
+}
+
+impl State {
+    pub(crate) fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    pub(crate) fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.borrow())
+    }
+
+    pub(crate) fn ttl_defaults(&self) -> TtlDefaults {
+        TtlDefaults {
+            x509: self.config.default_x509_ttl,
+            jwt: self.config.default_jwt_ttl,
+        }
+    }
+
+    /// An audit event stamped with the current time.
+    pub(crate) fn audit(
+        &self,
+        kind: &str,
+        actor: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> AuditEvent {
+        AuditEvent {
+            at: unix_secs(self.now()),
+            kind: kind.to_owned(),
+            actor: actor.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+        }
+    }
+}

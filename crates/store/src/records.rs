@@ -1,0 +1,235 @@
+//! The records the store keeps besides entries and audit events.
+
+use std::fmt;
+
+use lanyard_core::{Entry, EntryId, SpiffeId};
+use ring::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+
+/// A node agent the server has attested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// `spiffe://<td>/agent/<name>`.
+    pub spiffe_id: SpiffeId,
+    /// The name from its join token.
+    pub name: String,
+    /// Unix seconds of its node attestation.
+    pub attested_at: u64,
+    /// Lower-case hex serial of the newest SVID issued to it.
+    pub svid_serial: String,
+    /// Unix seconds at which that SVID expires.
+    pub svid_expires_at: u64,
+    /// A banned agent gets nothing.
+    pub banned: bool,
+    /// Unix seconds of its last call.
+    pub last_seen: u64,
+}
+
+/// A one-time node bootstrap token, stored under the SHA-256 of its secret
+/// (see [`hash_join_token`]); the token itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// The agent name the token attests.
+    pub name: String,
+    /// Unix seconds of creation.
+    pub created_at: u64,
+    /// Unix seconds after which the token is refused (checked by the caller).
+    pub expires_at: u64,
+}
+
+/// The store key of a join token: SHA-256 of its secret.
+pub fn hash_join_token(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+/// What a signing key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// The X.509 CA that signs SVIDs.
+    X509Ca,
+    /// A JWT-SVID signing key.
+    JwtSvid,
+    /// A task-token signing key.
+    TaskToken,
+}
+
+/// A signing key with its validity. `Debug` never prints the private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The JWT `kid`, or the CA certificate's serial in lower-case hex; unique across kinds.
+    pub id: String,
+    /// What the key signs.
+    pub kind: KeyKind,
+    /// PKCS#8 DER, or its encryption under the key-encryption key: the store
+    /// does not look inside. Base64 in JSON.
+    #[serde(with = "base64")]
+    pub pkcs8: Vec<u8>,
+    /// The CA certificate, DER, for [`KeyKind::X509Ca`]. Base64 in JSON.
+    #[serde(with = "base64_opt")]
+    pub cert_der: Option<Vec<u8>>,
+    /// Unix seconds from which the key is used.
+    pub not_before: u64,
+    /// Unix seconds after which the key is no longer used.
+    pub not_after: u64,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field(
+                "pkcs8",
+                &format_args!("<{} bytes redacted>", self.pkcs8.len()),
+            )
+            .field("cert_der", &self.cert_der.as_ref().map(Vec::len))
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// What changed for one parent since a revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryChanges {
+    /// Entries of this parent created or changed since; all of them when `snapshot`.
+    pub upserted: Vec<Entry>,
+    /// Entries that left this parent since (deleted or re-parented); empty when `snapshot`.
+    pub removed: Vec<EntryId>,
+    /// The store revision the answer is complete up to: the next `since`.
+    pub revision: u64,
+    /// The answer is the full set of the parent's entries: drop everything else held.
+    pub snapshot: bool,
+}
+
+/// Which entries [`crate::Store::list_entries`] returns; every field set must match.
+#[derive(Clone, Debug, Default)]
+pub struct EntryFilter {
+    /// Only entries served by this agent.
+    pub parent_id: Option<SpiffeId>,
+    /// Only entries handing out this identity.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// Serde for `[u8; 32]` as 64 lower-case hex digits.
+pub(crate) mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&lanyard_core::hex::encode(bytes))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        lanyard_core::hex::decode_lower(&s)
+            .ok_or_else(|| D::Error::custom("expected 64 lower-case hex digits"))
+    }
+}
+
+/// Serde for bytes as standard, padded base64 (RFC 4648 §4).
+pub(crate) mod base64 {
+    use ::base64::Engine;
+    use ::base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(crate) fn encode(bytes: &[u8]) -> String {
+        STANDARD.encode(bytes)
+    }
+
+    pub(crate) fn decode(s: &str) -> Option<Vec<u8>> {
+        STANDARD.decode(s).ok()
+    }
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(bytes))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        decode(&String::deserialize(d)?).ok_or_else(|| D::Error::custom("invalid base64"))
+    }
+}
+
+/// Serde for `Option<Vec<u8>>` as base64 or `null`.
+pub(crate) mod base64_opt {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(crate) fn serialize<S: Serializer>(
+        bytes: &Option<Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&super::base64::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::base64::decode(&s).ok_or_else(|| D::Error::custom("invalid base64")))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, coded) in vectors {
+            assert_eq!(base64::encode(plain.as_bytes()), coded);
+            assert_eq!(base64::decode(coded).unwrap(), plain.as_bytes());
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64::decode(&base64::encode(&all)).unwrap(), all);
+        for bad in ["Zg=", "Zg===", "Z===", "Zg==Zm8=", "Zm9*", "Zm 9"] {
+            assert_eq!(base64::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_record_json_and_debug() {
+        let key = KeyRecord {
+            id: "k1".into(),
+            kind: KeyKind::JwtSvid,
+            pkcs8: b"secret key bytes".to_vec(),
+            cert_der: None,
+            not_before: 1,
+            not_after: 2,
+        };
+        let json = serde_json::to_value(&key).unwrap();
+        assert_eq!(json["pkcs8"], "c2VjcmV0IGtleSBieXRlcw==");
+        assert_eq!(json["cert_der"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<KeyRecord>(json).unwrap(), key);
+        let with_cert = KeyRecord {
+            cert_der: Some(vec![0x30, 0x82]),
+            ..key.clone()
+        };
+        let json = serde_json::to_string(&with_cert).unwrap();
+        assert_eq!(serde_json::from_str::<KeyRecord>(&json).unwrap(), with_cert);
+        let debug = format!("{key:?}");
+        assert!(!debug.contains("115, 101"), "{debug}");
+        assert!(debug.contains("redacted"));
+    }
+
+    #[test]
+    fn join_token_hash_is_sha256() {
+        assert_eq!(
+            lanyard_core::hex::encode(&hash_join_token("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

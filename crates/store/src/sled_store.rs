@@ -1,0 +1,374 @@
+//! The embedded store: one sled directory, no setup.
+
+mod entries;
+mod layout;
+mod log;
+mod objects;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use lanyard_core::{Entry, EntryId, SpiffeId};
+use tokio::sync::watch;
+
+use crate::audit::{AuditEvent, AuditRecord, ChainHead, ChainReport};
+use crate::commit::{Flusher, GroupCommit};
+use crate::error::{Result, StoreError};
+use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord};
+use crate::store::Store;
+use entries::EntryState;
+use layout::{SCHEMA_KEY, TreeId, Trees};
+
+/// A [`Store`] in a sled database directory.
+///
+/// Every write is applied to sled in one transaction (record, indexes,
+/// revision and audit record together), then awaits the group commit, so
+/// it is acknowledged only once durable. Dropping the store flushes what is
+/// pending and releases the directory lock; that final flush blocks the
+/// dropping thread.
+#[derive(Debug)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+    // Declared last: dropped after `inner`, it flushes and joins the flusher thread.
+    _flusher: Flusher,
+}
+
+/// The state shared with blocking workers.
+#[derive(Debug)]
+struct Inner {
+    trees: Trees,
+    /// Entry writers hold it exclusively; change feeds share it, so that
+    /// they read the entry trees at one revision.
+    // INVARIANT: lock order is `entries`, then `chain`.
+    entries: RwLock<EntryState>,
+    /// The audit head; held by every audited write from reading the head
+    /// until the transaction is applied, so the chain has no gaps or forks.
+    chain: Mutex<ChainHead>,
+    commit: Arc<GroupCommit>,
+    /// The newest durable entry revision.
+    revision: watch::Sender<u64>,
+    /// Tombstones this many revisions older than the newest are pruned.
+    tombstone_retention: u64,
+}
+
+impl SledStore {
+    /// The on-disk layout version this build writes and reads.
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    /// How many revisions a deletion or re-parenting stays visible to
+    /// incremental change feeds; agents further behind get a snapshot.
+    pub const TOMBSTONE_RETENTION: u64 = 100_000;
+
+    /// Opens or creates the store in `dir`.
+    ///
+    /// Refuses a store written by a newer schema version
+    /// ([`StoreError::NewerSchema`]) and a directory another process has
+    /// open ([`StoreError::Locked`]).
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, Self::TOMBSTONE_RETENTION, Duration::ZERO)
+    }
+
+    /// [`open`](Self::open) with a tombstone retention, and a delay added
+    /// to every flush that lets tests stand in for a slow disk.
+    fn open_with(dir: &Path, tombstone_retention: u64, flush_delay: Duration) -> Result<Self> {
+        let db = open_db(dir)?;
+        let trees = Trees::open(&db)?;
+        check_schema(&trees, &db)?;
+        let state = EntryState::load(&trees)?;
+        let head = log::load_head(&trees)?;
+        let (commit, flusher) = GroupCommit::start(move || {
+            if !flush_delay.is_zero() {
+                std::thread::sleep(flush_delay);
+            }
+            db.flush()?;
+            Ok(())
+        })?;
+        tracing::info!(
+            path = %dir.display(),
+            revision = state.revision,
+            audit_seq = head.seq,
+            "store opened"
+        );
+        let inner = Inner {
+            trees,
+            revision: watch::Sender::new(state.revision),
+            entries: RwLock::new(state),
+            chain: Mutex::new(head),
+            commit,
+            tombstone_retention: tombstone_retention.max(1),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            _flusher: flusher,
+        })
+    }
+
+    /// How many flushes (fsyncs) the store has started: diagnostics for
+    /// metrics and for checking that group commit batches.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.commit.flush_count()
+    }
+
+    /// Runs sled work on the blocking pool.
+    ///
+    /// sled calls usually take microseconds but may read segments from disk
+    /// or wait for log-buffer space, and writers contend on the chain lock;
+    /// keeping all of it off the async workers keeps the node and workload
+    /// APIs responsive. Reads fail too once the store is closed, since
+    /// sled may then hold writes that will never be durable.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        self.inner.commit.check_open()?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| {
+                StoreError::Io(std::io::Error::other(format!("store worker failed: {e}")))
+            })?
+    }
+
+    /// Runs a write on the blocking pool, then waits until it is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let (value, ticket) = self
+            .blocking(move |inner| {
+                let value = f(inner)?;
+                Ok((value, inner.commit.ticket()))
+            })
+            .await?;
+        self.inner.commit.wait(ticket).await?;
+        Ok(value)
+    }
+
+    /// Waits until every write applied so far is durable.
+    async fn sync(&self) -> Result<()> {
+        self.inner.commit.check_open()?;
+        self.inner.commit.wait(self.inner.commit.ticket()).await
+    }
+}
+
+impl Inner {
+    /// Records that entry revision `rev` is durable.
+    fn publish_revision(&self, rev: u64) {
+        self.revision.send_if_modified(|current| {
+            let newer = rev > *current;
+            if newer {
+                *current = rev;
+            }
+            newer
+        });
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked:
+/// state is only assigned after the write it describes has been applied.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How long [`open_db`] waits for a directory lock that is being released.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// Opens the sled database, waiting briefly for a lock on its way out.
+///
+/// sled releases its lock only once its background log writers let go of
+/// the file, a moment after the last handle is dropped: reopening in the
+/// same process (tests, a server restarting its store) can see the lock of
+/// a store already closed. Another live process holding it fails after
+/// [`LOCK_WAIT`].
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(error) => match open_error(error, dir) {
+                StoreError::Locked(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return Err(other),
+            },
+        }
+    }
+}
+
+fn open_error(error: sled::Error, dir: &Path) -> StoreError {
+    match &error {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked(dir.to_path_buf())
+        }
+        _ => error.into(),
+    }
+}
+
+/// Refuses newer layouts; stamps a new store with [`SledStore::SCHEMA_VERSION`].
+fn check_schema(trees: &Trees, db: &sled::Db) -> Result<()> {
+    let supported = SledStore::SCHEMA_VERSION;
+    match trees.read::<u32>(TreeId::Meta, SCHEMA_KEY)? {
+        Some(found) if found > supported => Err(StoreError::NewerSchema { found, supported }),
+        Some(found) if found == supported => Ok(()),
+        // Version 1 is the first; migrations from older versions go here.
+        Some(found) => Err(StoreError::Corrupt(format!(
+            "meta schema_version {found} was never written by lanyard"
+        ))),
+        None => {
+            let mut batch = layout::Batch::default();
+            batch.put(TreeId::Meta, SCHEMA_KEY, &supported)?;
+            trees.apply(&batch)?;
+            db.flush()?;
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SledStore {
+    async fn create_entry(&self, entry: Entry, audit: AuditEvent) -> Result<Entry> {
+        let entry = self
+            .write(move |inner| inner.create_entry(entry, audit))
+            .await?;
+        self.inner.publish_revision(entry.revision);
+        Ok(entry)
+    }
+
+    async fn update_entry(
+        &self,
+        entry: Entry,
+        expected_revision: u64,
+        audit: AuditEvent,
+    ) -> Result<Entry> {
+        let entry = self
+            .write(move |inner| inner.update_entry(entry, expected_revision, audit))
+            .await?;
+        self.inner.publish_revision(entry.revision);
+        Ok(entry)
+    }
+
+    async fn delete_entry(&self, id: &EntryId, audit: AuditEvent) -> Result<Entry> {
+        let id = id.clone();
+        let (entry, revision) = self
+            .write(move |inner| inner.delete_entry(&id, audit))
+            .await?;
+        self.inner.publish_revision(revision);
+        Ok(entry)
+    }
+
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<Entry>> {
+        let id = id.clone();
+        self.blocking(move |inner| inner.load_entry(&id)).await
+    }
+
+    async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        after: Option<&EntryId>,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let (filter, after) = (filter.clone(), after.cloned());
+        self.blocking(move |inner| inner.list_entries(&filter, after.as_ref(), limit))
+            .await
+    }
+
+    async fn entry_changes(&self, parent: &SpiffeId, since: u64) -> Result<EntryChanges> {
+        let parent = parent.clone();
+        let changes = self
+            .blocking(move |inner| inner.entry_changes(&parent, since))
+            .await?;
+        // The answer may include writes applied but not yet flushed: answer
+        // only once they are durable, so an agent never holds a version
+        // the store could lose.
+        if self.revision() < changes.revision {
+            self.sync().await?;
+            self.inner.publish_revision(changes.revision);
+        }
+        Ok(changes)
+    }
+
+    fn revision(&self) -> u64 {
+        *self.inner.revision.borrow()
+    }
+
+    fn subscribe_revision(&self) -> watch::Receiver<u64> {
+        self.inner.revision.subscribe()
+    }
+
+    async fn create_join_token(
+        &self,
+        token_hash: [u8; 32],
+        record: JoinTokenRecord,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        self.write(move |inner| inner.create_join_token(token_hash, &record, audit))
+            .await
+    }
+
+    async fn consume_join_token(
+        &self,
+        token_hash: [u8; 32],
+        audit: AuditEvent,
+    ) -> Result<Option<JoinTokenRecord>> {
+        self.write(move |inner| inner.consume_join_token(token_hash, audit))
+            .await
+    }
+
+    async fn put_agent(&self, agent: AgentRecord, audit: Option<AuditEvent>) -> Result<()> {
+        self.write(move |inner| inner.put_agent(&agent, audit))
+            .await
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>> {
+        let key = id.as_str().to_owned();
+        self.blocking(move |inner| inner.trees.read(TreeId::Agents, key))
+            .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        self.blocking(|inner| inner.list_all(TreeId::Agents)).await
+    }
+
+    async fn put_key(&self, key: KeyRecord, audit: AuditEvent) -> Result<()> {
+        self.write(move |inner| inner.put_key(&key, audit)).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        self.blocking(|inner| inner.list_all(TreeId::Keys)).await
+    }
+
+    async fn delete_key(&self, id: &str, audit: AuditEvent) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |inner| inner.delete_key(&id, audit)).await
+    }
+
+    async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord> {
+        self.write(move |inner| inner.append_audit(event)).await
+    }
+
+    async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |inner| inner.append_audit_batch(events))
+            .await
+    }
+
+    async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.blocking(move |inner| inner.audit_range(from, limit))
+            .await
+    }
+
+    async fn verify_audit_chain(&self) -> Result<ChainReport> {
+        self.blocking(|inner| inner.verify_chain()).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.sync().await
+    }
+}
