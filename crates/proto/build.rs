@@ -16,8 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    tonic_prost_build::configure()
-        .emit_rerun_if_changed(false)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().emit_rerun_if_changed(false).compile_fds(fds)?;
     Ok(())
 }

@@ -60,19 +60,42 @@ pub enum AttestError {
 /// file's content on disk without reading it.
 type FileKey = (u64, u64, u64, i64, i64);
 
-/// Digests of executables, keyed by [`FileKey`].
+/// What attestation remembers between calls: executable digests (keyed by
+/// [`FileKey`]) and the user and group databases (re-read when they change).
 #[derive(Default)]
-pub struct DigestCache {
-    map: Mutex<HashMap<FileKey, [u8; 32]>>,
+pub struct AttestCache {
+    digests: Mutex<HashMap<FileKey, [u8; 32]>>,
+    passwd: NameDb,
+    group: NameDb,
+}
+
+/// A copy of `/etc/passwd` or `/etc/group`, with the mtime it was read at.
+#[derive(Default)]
+struct NameDb {
+    copy: Mutex<Option<(std::time::SystemTime, std::sync::Arc<str>)>>,
+}
+
+impl NameDb {
+    fn name_of(&self, path: &str, id: u32) -> Option<String> {
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        let text = {
+            let mut copy = self.copy.lock().ok()?;
+            match copy.as_ref() {
+                Some((t, text)) if *t == mtime => std::sync::Arc::clone(text),
+                _ => {
+                    let text: std::sync::Arc<str> = std::fs::read_to_string(path).ok()?.into();
+                    *copy = Some((mtime, std::sync::Arc::clone(&text)));
+                    text
+                }
+            }
+        };
+        name_of(&text, id)
+    }
 }
 
 /// Attests the connection's peer: the selectors that describe it. The
 /// executable is hashed only when `need_digest` (some entry asks for it).
-pub fn attest(
-    peer: Option<PeerInfo>,
-    need_digest: bool,
-    digests: &DigestCache,
-) -> Result<Vec<Selector>, AttestError> {
+pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) -> Result<Vec<Selector>, AttestError> {
     let peer = peer.ok_or(AttestError::NoCredentials)?;
     let pid = peer.pid;
     let start = start_ticks(pid)?;
@@ -81,22 +104,15 @@ pub fn attest(
         return Err(AttestError::PidReused(pid));
     }
     let status = read_proc(pid, "status")?;
-    let (euid, egid) = parse_status_ids(&status)
-        .ok_or_else(|| AttestError::Proc(pid, "status: no Uid/Gid".into()))?;
+    let (euid, egid) = parse_status_ids(&status).ok_or_else(|| AttestError::Proc(pid, "status: no Uid/Gid".into()))?;
     if euid != peer.uid || egid != peer.gid {
         return Err(AttestError::CredentialsChanged(pid));
     }
     let mut selectors = vec![Selector::Uid(peer.uid), Selector::Gid(peer.gid)];
-    if let Some(name) = std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| name_of(&p, peer.uid))
-    {
+    if let Some(name) = cache.passwd.name_of("/etc/passwd", peer.uid) {
         selectors.extend(Selector::parse(&format!("unix:user:{name}")).ok());
     }
-    if let Some(name) = std::fs::read_to_string("/etc/group")
-        .ok()
-        .and_then(|g| name_of(&g, peer.gid))
-    {
+    if let Some(name) = cache.group.name_of("/etc/group", peer.gid) {
         selectors.extend(Selector::parse(&format!("unix:group:{name}")).ok());
     }
     // The executable is readable only with the process's uid or privilege;
@@ -106,7 +122,7 @@ pub fn attest(
             selectors.extend(Selector::parse(&format!("unix:path:{path}")).ok());
         }
         if need_digest {
-            if let Some(d) = exe_digest(pid, digests) {
+            if let Some(d) = exe_digest(pid, cache) {
                 selectors.push(Selector::Sha256(d));
             }
         }
@@ -136,17 +152,11 @@ fn start_ticks(pid: i32) -> Result<u64, AttestError> {
     parse_stat_start(&stat).ok_or_else(|| AttestError::Proc(pid, "stat: no start time".into()))
 }
 
-fn exe_digest(pid: i32, cache: &DigestCache) -> Option<[u8; 32]> {
+fn exe_digest(pid: i32, cache: &AttestCache) -> Option<[u8; 32]> {
     let mut file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
     let meta = file.metadata().ok()?;
-    let key = (
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-    );
-    if let Some(d) = cache.map.lock().ok()?.get(&key) {
+    let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+    if let Some(d) = cache.digests.lock().ok()?.get(&key) {
         return Some(*d);
     }
     let mut ctx = Context::new(&SHA256);
@@ -159,7 +169,7 @@ fn exe_digest(pid: i32, cache: &DigestCache) -> Option<[u8; 32]> {
         ctx.update(&buf[..n]);
     }
     let digest: [u8; 32] = ctx.finish().as_ref().try_into().ok()?;
-    let mut map = cache.map.lock().ok()?;
+    let mut map = cache.digests.lock().ok()?;
     if map.len() >= DIGEST_CACHE_SIZE {
         map.clear();
     }
@@ -223,8 +233,7 @@ mod tests {
 
     #[test]
     fn looks_up_names() {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
         assert_eq!(name_of(passwd, 1000).as_deref(), Some("alice"));
         assert_eq!(name_of(passwd, 0).as_deref(), Some("root"));
         assert_eq!(name_of(passwd, 5), None);
@@ -242,13 +251,8 @@ mod tests {
         let me = std::process::id() as i32;
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
-        let peer = PeerInfo {
-            pid: me,
-            uid,
-            gid,
-            accepted_at_ticks: boot_ticks().unwrap(),
-        };
-        let selectors = attest(Some(peer), true, &DigestCache::default()).unwrap();
+        let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: boot_ticks().unwrap() };
+        let selectors = attest(Some(peer), true, &AttestCache::default()).unwrap();
         assert!(selectors.contains(&Selector::Uid(uid)));
         assert!(selectors.contains(&Selector::Gid(gid)));
         let exe = std::env::current_exe().unwrap();
@@ -262,16 +266,8 @@ mod tests {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
         // The connection "was accepted" before this process started.
-        let peer = PeerInfo {
-            pid: me,
-            uid,
-            gid,
-            accepted_at_ticks: 0,
-        };
-        assert!(matches!(
-            attest(Some(peer), false, &DigestCache::default()),
-            Err(AttestError::PidReused(_))
-        ));
+        let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: 0 };
+        assert!(matches!(attest(Some(peer), false, &AttestCache::default()), Err(AttestError::PidReused(_))));
     }
 
     #[test]
@@ -279,19 +275,8 @@ mod tests {
         let me = std::process::id() as i32;
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
-        let peer = PeerInfo {
-            pid: me,
-            uid: uid.wrapping_add(1),
-            gid,
-            accepted_at_ticks: boot_ticks().unwrap(),
-        };
-        assert!(matches!(
-            attest(Some(peer), false, &DigestCache::default()),
-            Err(AttestError::CredentialsChanged(_))
-        ));
-        assert!(matches!(
-            attest(None, false, &DigestCache::default()),
-            Err(AttestError::NoCredentials)
-        ));
+        let peer = PeerInfo { pid: me, uid: uid.wrapping_add(1), gid, accepted_at_ticks: boot_ticks().unwrap() };
+        assert!(matches!(attest(Some(peer), false, &AttestCache::default()), Err(AttestError::CredentialsChanged(_))));
+        assert!(matches!(attest(None, false, &AttestCache::default()), Err(AttestError::NoCredentials)));
     }
 }

@@ -14,11 +14,7 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// A backoff starting at `base`, capped at `max`.
     pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            current: base,
-        }
+        Self { base, max, current: base }
     }
 
     /// The next delay, given a uniformly random `r`.

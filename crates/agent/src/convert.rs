@@ -49,8 +49,7 @@ pub fn bundle_from_proto(p: &common::Bundle) -> Result<TrustBundle, AgentError> 
         .jwt_authorities
         .iter()
         .map(|k| {
-            let key =
-                VerifyingKey::from_spki_der(&k.public_key).map_err(|e| bad("bundle JWT key", e))?;
+            let key = VerifyingKey::from_spki_der(&k.public_key).map_err(|e| bad("bundle JWT key", e))?;
             Ok(JwtAuthorityKey {
                 key: key.with_kid(k.kid.clone()),
                 expires_at: u64::try_from(k.expires_at).unwrap_or(0),
@@ -58,8 +57,7 @@ pub fn bundle_from_proto(p: &common::Bundle) -> Result<TrustBundle, AgentError> 
         })
         .collect::<Result<_, AgentError>>()?;
     Ok(TrustBundle {
-        trust_domain: TrustDomain::new(&p.trust_domain)
-            .map_err(|e| bad("bundle trust domain", e))?,
+        trust_domain: TrustDomain::new(&p.trust_domain).map_err(|e| bad("bundle trust domain", e))?,
         x509_authorities: p.x509_authorities.clone(),
         jwt_authorities,
         sequence: p.sequence,

@@ -52,18 +52,9 @@ struct Stored {
 impl AgentIdentity {
     /// Builds an identity from a chain the server returned and our key.
     pub(crate) fn new(chain: Vec<Vec<u8>>, key: Vec<u8>) -> Result<Self, AgentError> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| AgentError::Protocol("empty agent SVID chain".into()))?;
-        let info = svid::inspect_leaf(leaf)
-            .map_err(|e| AgentError::Protocol(format!("agent SVID: {e}")))?;
-        Ok(Self {
-            spiffe_id: info.spiffe_id,
-            chain,
-            key,
-            not_before: info.not_before,
-            not_after: info.not_after,
-        })
+        let leaf = chain.first().ok_or_else(|| AgentError::Protocol("empty agent SVID chain".into()))?;
+        let info = svid::inspect_leaf(leaf).map_err(|e| AgentError::Protocol(format!("agent SVID: {e}")))?;
+        Ok(Self { spiffe_id: info.spiffe_id, chain, key, not_before: info.not_before, not_after: info.not_after })
     }
 
     /// Loads the identity saved in `dir`, if any.
@@ -76,24 +67,18 @@ impl AgentIdentity {
         };
         let corrupt = |e: &dyn std::fmt::Display| AgentError::DataDir(path.clone(), e.to_string());
         let stored: Stored = serde_json::from_str(&text).map_err(|e| corrupt(&e))?;
-        let chain = stored
-            .chain
-            .iter()
-            .map(|c| STANDARD.decode(c))
-            .collect::<Result<_, _>>()
-            .map_err(|e| corrupt(&e))?;
+        let chain =
+            stored.chain.iter().map(|c| STANDARD.decode(c)).collect::<Result<_, _>>().map_err(|e| corrupt(&e))?;
         let key = STANDARD.decode(&stored.key).map_err(|e| corrupt(&e))?;
         Self::new(chain, key).map(Some)
     }
 
     /// Saves the identity to `dir` (0600, atomically).
     pub(crate) fn save(&self, dir: &Path) -> Result<(), AgentError> {
-        let stored = Stored {
-            chain: self.chain.iter().map(|c| STANDARD.encode(c)).collect(),
-            key: STANDARD.encode(&self.key),
-        };
-        let json = serde_json::to_vec(&stored)
-            .map_err(|e| AgentError::DataDir(dir.join(IDENTITY_FILE), e.to_string()))?;
+        let stored =
+            Stored { chain: self.chain.iter().map(|c| STANDARD.encode(c)).collect(), key: STANDARD.encode(&self.key) };
+        let json =
+            serde_json::to_vec(&stored).map_err(|e| AgentError::DataDir(dir.join(IDENTITY_FILE), e.to_string()))?;
         write_private(&dir.join(IDENTITY_FILE), &json)
     }
 }
@@ -102,9 +87,9 @@ impl AgentIdentity {
 pub(crate) fn load_bundle(dir: &Path) -> Result<Option<common::Bundle>, AgentError> {
     let path = dir.join(BUNDLE_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => common::Bundle::decode(bytes.as_slice())
-            .map(Some)
-            .map_err(|e| AgentError::DataDir(path, e.to_string())),
+        Ok(bytes) => {
+            common::Bundle::decode(bytes.as_slice()).map(Some).map_err(|e| AgentError::DataDir(path, e.to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AgentError::DataDir(path, e.to_string())),
     }
@@ -119,13 +104,8 @@ pub(crate) fn save_bundle(dir: &Path, bundle: &common::Bundle) -> Result<(), Age
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
     let fail = |e: std::io::Error| AgentError::DataDir(path.to_path_buf(), e.to_string());
     let tmp: PathBuf = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
     file.write_all(bytes).map_err(fail)?;
     file.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)?;

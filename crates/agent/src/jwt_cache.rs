@@ -27,13 +27,7 @@ struct Cached {
 
 impl JwtCache {
     /// A cached token for `key` still in the first half of its life at `now`.
-    pub(crate) fn get(
-        &self,
-        entry: &EntryId,
-        revision: u64,
-        audiences: &[String],
-        now: u64,
-    ) -> Option<String> {
+    pub(crate) fn get(&self, entry: &EntryId, revision: u64, audiences: &[String], now: u64) -> Option<String> {
         let tokens = self.tokens.lock().ok()?;
         let c = tokens.get(&(entry.clone(), revision, audiences.to_vec()))?;
         let half_life = c.issued_at + (c.expires_at.saturating_sub(c.issued_at)) / 2;
@@ -59,14 +53,7 @@ impl JwtCache {
                 tokens.clear();
             }
         }
-        tokens.insert(
-            (entry.clone(), revision, audiences.to_vec()),
-            Cached {
-                token,
-                issued_at: now,
-                expires_at,
-            },
-        );
+        tokens.insert((entry.clone(), revision, audiences.to_vec()), Cached { token, issued_at: now, expires_at });
     }
 
     /// How many tokens are held.
@@ -88,11 +75,7 @@ mod tests {
         cache.put(&id, 1, &aud, "t".into(), 100, 200);
         assert_eq!(cache.get(&id, 1, &aud, 149).as_deref(), Some("t"));
         assert_eq!(cache.get(&id, 1, &aud, 150), None);
-        assert_eq!(
-            cache.get(&id, 2, &aud, 120),
-            None,
-            "a changed entry does not reuse"
-        );
+        assert_eq!(cache.get(&id, 2, &aud, 120), None, "a changed entry does not reuse");
         for i in 0..(MAX_CACHED_JWTS + 10) {
             cache.put(&id, 1, &[format!("aud{i}")], "t".into(), 100, 200);
         }

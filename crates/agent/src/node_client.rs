@@ -41,10 +41,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
-            .chain(intermediates)
-            .map(|c| c.as_ref().to_vec())
-            .collect();
+        let chain: Vec<Vec<u8>> =
+            std::iter::once(end_entity).chain(intermediates).map(|c| c.as_ref().to_vec()).collect();
         let info = svid::verify_chain(&chain, &self.roots, SystemTime::now(), Usage::Server)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         if info.spiffe_id != self.expected {
@@ -62,12 +60,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -76,18 +69,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -122,10 +108,7 @@ pub(crate) async fn connect(
     let mut config = match identity {
         Some(id) => builder
             .with_client_auth_cert(
-                id.chain
-                    .iter()
-                    .map(|c| CertificateDer::from(c.clone()))
-                    .collect(),
+                id.chain.iter().map(|c| CertificateDer::from(c.clone())).collect(),
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone())),
             )
             .map_err(|e| AgentError::Tls(e.to_string()))?,

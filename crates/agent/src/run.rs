@@ -43,21 +43,17 @@ impl Agent {
     /// either reloads the saved agent SVID or attests with the join token.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         if config.servers.is_empty() {
-            return Err(AgentError::Config(
-                "at least one --server is required".into(),
-            ));
+            return Err(AgentError::Config("at least one --server is required".into()));
         }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&config.data_dir)
             .map_err(|e| AgentError::DataDir(config.data_dir.clone(), e.to_string()))?;
-        let listener =
-            uds::bind(&config.socket).map_err(|e| AgentError::Socket(config.socket.clone(), e))?;
+        let listener = uds::bind(&config.socket).map_err(|e| AgentError::Socket(config.socket.clone(), e))?;
         let roots = initial_roots(&config)?;
         let td = trust_domain_of(&roots)?;
-        let saved =
-            AgentIdentity::load(&config.data_dir)?.filter(|id| id.not_after > SystemTime::now());
+        let saved = AgentIdentity::load(&config.data_dir)?.filter(|id| id.not_after > SystemTime::now());
         let identity = match (saved, &config.join_token) {
             (Some(id), _) => {
                 tracing::info!(agent = %id.spiffe_id, "using saved agent SVID");
@@ -66,8 +62,7 @@ impl Agent {
             (None, Some(token)) => attest_with_token(&config, &td, &roots, token).await?,
             (None, None) => {
                 return Err(AgentError::Config(
-                    "no valid agent SVID in the data directory and no --join-token to attest with"
-                        .into(),
+                    "no valid agent SVID in the data directory and no --join-token to attest with".into(),
                 ));
             }
         };
@@ -75,13 +70,7 @@ impl Agent {
             Some(b) => bundle_from_proto(&b)?.x509_authorities,
             None => roots,
         };
-        Ok(Self {
-            config,
-            td,
-            identity,
-            roots,
-            listener,
-        })
+        Ok(Self { config, td, identity, roots, listener })
     }
 
     /// The agent's SPIFFE ID.
@@ -90,10 +79,7 @@ impl Agent {
     }
 
     /// Serves the Workload API until `shutdown` resolves.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), AgentError> {
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
         let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let (client_tx, client_rx) = watch::channel(None);
         let supervisor = Supervisor {
@@ -113,11 +99,10 @@ impl Agent {
             td: self.td,
             snapshots,
             client: client_rx,
-            digests: Arc::new(attest::DigestCache::default()),
+            attest_cache: Arc::new(attest::AttestCache::default()),
             jwts: Arc::new(jwt_cache::JwtCache::default()),
         };
-        let service =
-            SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
+        let service = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         tracing::info!(socket = %self.config.socket.display(), "workload API ready");
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(
@@ -130,10 +115,7 @@ impl Agent {
                         uid = tracing::field::Empty
                     )
                 })
-                .add_service(tonic::service::interceptor::InterceptedService::new(
-                    service,
-                    workload::require_header,
-                ))
+                .add_service(tonic::service::interceptor::InterceptedService::new(service, workload::require_header))
                 .serve_with_incoming_shutdown(uds::incoming(self.listener), async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 }),
@@ -160,22 +142,19 @@ fn initial_roots(config: &AgentConfig) -> Result<Vec<Vec<u8>>, AgentError> {
     if let Some(saved) = identity::load_bundle(&config.data_dir)? {
         return Ok(bundle_from_proto(&saved)?.x509_authorities);
     }
-    let path = config.trust_bundle.as_deref().ok_or_else(|| {
-        AgentError::Config("--trust-bundle is required on the first start".into())
-    })?;
+    let path = config
+        .trust_bundle
+        .as_deref()
+        .ok_or_else(|| AgentError::Config("--trust-bundle is required on the first start".into()))?;
     read_pem_bundle(path)
 }
 
 fn read_pem_bundle(path: &Path) -> Result<Vec<Vec<u8>>, AgentError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| AgentError::DataDir(path.to_path_buf(), e.to_string()))?;
-    let certs = bundle::parse_pem(&text, "CERTIFICATE")
-        .map_err(|e| AgentError::DataDir(path.to_path_buf(), e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| AgentError::DataDir(path.to_path_buf(), e.to_string()))?;
+    let certs =
+        bundle::parse_pem(&text, "CERTIFICATE").map_err(|e| AgentError::DataDir(path.to_path_buf(), e.to_string()))?;
     if certs.is_empty() {
-        return Err(AgentError::Config(format!(
-            "{} holds no PEM certificates",
-            path.display()
-        )));
+        return Err(AgentError::Config(format!("{} holds no PEM certificates", path.display())));
     }
     Ok(certs)
 }
@@ -206,25 +185,15 @@ async fn attest_with_token(
             }
         };
         let reply = client
-            .attest(AttestRequest {
-                join_token: token.to_owned(),
-                csr: request.clone(),
-            })
+            .attest(AttestRequest { join_token: token.to_owned(), csr: request.clone() })
             .await
             .map_err(|s| AgentError::Rpc("attest", s))?
             .into_inner();
-        let bundle_proto = reply
-            .bundle
-            .ok_or_else(|| AgentError::Protocol("attest answer has no bundle".into()))?;
+        let bundle_proto = reply.bundle.ok_or_else(|| AgentError::Protocol("attest answer has no bundle".into()))?;
         let bundle = bundle_from_proto(&bundle_proto)?;
         let identity = AgentIdentity::new(reply.svid_chain, key)?;
-        svid::verify_chain(
-            &identity.chain,
-            &bundle.x509_authorities,
-            SystemTime::now(),
-            svid::Usage::Client,
-        )
-        .map_err(|e| AgentError::Protocol(format!("agent SVID: {e}")))?;
+        svid::verify_chain(&identity.chain, &bundle.x509_authorities, SystemTime::now(), svid::Usage::Client)
+            .map_err(|e| AgentError::Protocol(format!("agent SVID: {e}")))?;
         identity.save(&config.data_dir)?;
         identity::save_bundle(&config.data_dir, &bundle_proto)?;
         tracing::info!(agent = %identity.spiffe_id, %server, "attested with join token");

@@ -9,9 +9,7 @@ use lanyard_ca::svid::{self, Usage};
 use lanyard_ca::{TrustBundle, csr};
 use lanyard_core::{Entry, EntryId, Jitter, TrustDomain, rotation, unix_secs};
 use lanyard_proto::node::node_client::NodeClient;
-use lanyard_proto::node::{
-    MintX509SvidsRequest, RenewAgentRequest, SyncRequest, SyncResponse, X509SvidRequest,
-};
+use lanyard_proto::node::{MintX509SvidsRequest, RenewAgentRequest, SyncRequest, SyncResponse, X509SvidRequest};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -77,15 +75,10 @@ impl Supervisor {
     /// agent SVID is renewed (which needs a new connection).
     async fn session(&mut self, backoff: &mut Backoff) -> Result<(), AgentError> {
         let server = self.servers[self.server_index % self.servers.len()].clone();
-        let me = ClientIdentity {
-            chain: self.identity.chain.clone(),
-            key: self.identity.key.clone(),
-        };
+        let me = ClientIdentity { chain: self.identity.chain.clone(), key: self.identity.key.clone() };
         let mut client = node_client::connect(&server, &self.td, &self.roots, Some(&me)).await?;
         let mut stream = client
-            .sync_entries(SyncRequest {
-                since_revision: self.snapshot.revision,
-            })
+            .sync_entries(SyncRequest { since_revision: self.snapshot.revision })
             .await
             .map_err(|s| AgentError::Rpc("sync", s))?
             .into_inner();
@@ -118,18 +111,12 @@ impl Supervisor {
     /// last message of it arrives. Returns whether it applied.
     fn accept(&mut self, m: SyncResponse, pending: &mut Pending) -> Result<bool, AgentError> {
         if m.snapshot {
-            *pending = Pending {
-                snapshot: true,
-                ..Pending::default()
-            };
+            *pending = Pending { snapshot: true, ..Pending::default() };
         }
         if let Some(b) = &m.bundle {
             let bundle = bundle_from_proto(b)?;
             if bundle.trust_domain != self.td {
-                return Err(AgentError::Protocol(format!(
-                    "bundle is for {}, not {}",
-                    bundle.trust_domain, self.td
-                )));
+                return Err(AgentError::Protocol(format!("bundle is for {}, not {}", bundle.trust_domain, self.td)));
             }
             pending.bundle = Some(bundle);
             pending.bundle_proto = Some(b.clone());
@@ -138,9 +125,7 @@ impl Supervisor {
             pending.upserted.push(entry_from_proto(e)?);
         }
         for id in &m.removed {
-            pending.removed.push(
-                EntryId::parse(id).map_err(|e| AgentError::Protocol(format!("removed id: {e}")))?,
-            );
+            pending.removed.push(EntryId::parse(id).map_err(|e| AgentError::Protocol(format!("removed id: {e}")))?);
         }
         if m.more {
             return Ok(false);
@@ -175,7 +160,7 @@ impl Supervisor {
         snap.revision = revision;
         snap.synced = snap.bundle.is_some();
         tracing::debug!(revision, entries = snap.entries.len(), "sync applied");
-        self.publish.send_replace(Arc::new(snap.clone()));
+        self.publish.send_replace(Arc::new(snap.clone().indexed()));
         Ok(())
     }
 
@@ -183,34 +168,14 @@ impl Supervisor {
     /// agent SVID to renew, a failed mint to retry.
     fn next_deadline(&self) -> Duration {
         let now = SystemTime::now();
-        let agent = rotation::rotation_time(
-            self.identity.not_before,
-            self.identity.not_after,
-            Jitter::NONE,
-        );
-        let svids = self
-            .snapshot
-            .svids
-            .values()
-            .map(|s| rotation::rotation_time(s.not_before, s.not_after, s.jitter));
-        let soonest = svids
-            .chain(std::iter::once(agent))
-            .chain(self.retry_at)
-            .min()
-            .unwrap_or(agent);
-        soonest
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .max(Duration::from_millis(100))
+        let agent = rotation::rotation_time(self.identity.not_before, self.identity.not_after, Jitter::NONE);
+        let svids = self.snapshot.svids.values().map(|s| rotation::rotation_time(s.not_before, s.not_after, s.jitter));
+        let soonest = svids.chain(std::iter::once(agent)).chain(self.retry_at).min().unwrap_or(agent);
+        soonest.duration_since(now).unwrap_or(Duration::ZERO).max(Duration::from_millis(100))
     }
 
     fn agent_svid_due(&self) -> bool {
-        rotation::should_rotate(
-            SystemTime::now(),
-            self.identity.not_before,
-            self.identity.not_after,
-            Jitter::NONE,
-        )
+        rotation::should_rotate(SystemTime::now(), self.identity.not_before, self.identity.not_after, Jitter::NONE)
     }
 
     async fn renew_agent(&mut self, client: &mut NodeClient<Channel>) -> Result<(), AgentError> {
@@ -221,18 +186,10 @@ impl Supervisor {
             .map_err(|s| AgentError::Rpc("renew", s))?
             .into_inner();
         let renewed = AgentIdentity::new(reply.svid_chain, key)?;
-        svid::verify_chain(
-            &renewed.chain,
-            &self.roots,
-            SystemTime::now(),
-            Usage::Client,
-        )
-        .map_err(|e| AgentError::Protocol(format!("renewed agent SVID: {e}")))?;
+        svid::verify_chain(&renewed.chain, &self.roots, SystemTime::now(), Usage::Client)
+            .map_err(|e| AgentError::Protocol(format!("renewed agent SVID: {e}")))?;
         renewed.save(&self.data_dir)?;
-        tracing::info!(
-            not_after = unix_secs(renewed.not_after),
-            "agent SVID renewed"
-        );
+        tracing::info!(not_after = unix_secs(renewed.not_after), "agent SVID renewed");
         self.identity = renewed;
         Ok(())
     }
@@ -253,8 +210,7 @@ impl Supervisor {
             .filter(|e| match self.snapshot.svids.get(&e.id) {
                 None => true,
                 Some(s) => {
-                    s.entry_revision != e.revision
-                        || rotation::should_rotate(now, s.not_before, s.not_after, s.jitter)
+                    s.entry_revision != e.revision || rotation::should_rotate(now, s.not_before, s.not_after, s.jitter)
                 }
             })
             .cloned()
@@ -265,27 +221,18 @@ impl Supervisor {
         for batch in due.chunks(MINT_BATCH) {
             self.mint_batch(client, batch).await?;
         }
-        self.publish.send_replace(Arc::new(self.snapshot.clone()));
+        self.publish.send_replace(Arc::new(self.snapshot.clone().indexed()));
         Ok(())
     }
 
     fn has_missing(&self) -> bool {
-        self.snapshot
-            .entries
-            .keys()
-            .any(|id| !self.snapshot.svids.contains_key(id))
+        self.snapshot.entries.keys().any(|id| !self.snapshot.svids.contains_key(id))
     }
 
-    async fn mint_batch(
-        &mut self,
-        client: &mut NodeClient<Channel>,
-        batch: &[Arc<Entry>],
-    ) -> Result<(), AgentError> {
+    async fn mint_batch(&mut self, client: &mut NodeClient<Channel>, batch: &[Arc<Entry>]) -> Result<(), AgentError> {
         let count = batch.len();
         let keys = tokio::task::spawn_blocking(move || {
-            (0..count)
-                .map(|_| csr::new_key_and_csr())
-                .collect::<Result<Vec<_>, _>>()
+            (0..count).map(|_| csr::new_key_and_csr()).collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(|e| AgentError::Keys(e.to_string()))?
@@ -293,10 +240,7 @@ impl Supervisor {
         let requests = batch
             .iter()
             .zip(&keys)
-            .map(|(e, (_, csr))| X509SvidRequest {
-                entry_id: e.id.to_string(),
-                csr: csr.clone(),
-            })
+            .map(|(e, (_, csr))| X509SvidRequest { entry_id: e.id.to_string(), csr: csr.clone() })
             .collect();
         let reply = client
             .mint_x509_svids(MintX509SvidsRequest { requests })
@@ -312,9 +256,7 @@ impl Supervisor {
             match self.check_svid(entry, &result.svid_chain, &csr_der) {
                 Ok(svid) => {
                     tracing::debug!(entry = %entry.id, serial = %svid.serial, "SVID minted");
-                    self.snapshot
-                        .svids
-                        .insert(entry.id.clone(), Arc::new(CachedSvid { key, ..svid }));
+                    self.snapshot.svids.insert(entry.id.clone(), Arc::new(CachedSvid { key, ..svid }));
                 }
                 Err(e) => {
                     tracing::error!(entry = %entry.id, error = %e, "server returned an unusable SVID");
@@ -327,25 +269,15 @@ impl Supervisor {
 
     /// Checks a returned chain before handing it to anyone: it verifies
     /// against the bundle, names the entry's SPIFFE ID and certifies our key.
-    fn check_svid(
-        &self,
-        entry: &Entry,
-        chain: &[Vec<u8>],
-        csr_der: &[u8],
-    ) -> Result<CachedSvid, AgentError> {
+    fn check_svid(&self, entry: &Entry, chain: &[Vec<u8>], csr_der: &[u8]) -> Result<CachedSvid, AgentError> {
         let info = svid::verify_chain(chain, &self.roots, SystemTime::now(), Usage::Client)
             .map_err(|e| AgentError::Protocol(e.to_string()))?;
         if info.spiffe_id != entry.spiffe_id {
-            return Err(AgentError::Protocol(format!(
-                "SVID names {}, entry is {}",
-                info.spiffe_id, entry.spiffe_id
-            )));
+            return Err(AgentError::Protocol(format!("SVID names {}, entry is {}", info.spiffe_id, entry.spiffe_id)));
         }
         let ours = csr::parse_csr(csr_der).map_err(|e| AgentError::Keys(e.to_string()))?;
         if info.spki_der != ours.spki_der() {
-            return Err(AgentError::Protocol(
-                "SVID certifies a key that is not ours".into(),
-            ));
+            return Err(AgentError::Protocol("SVID certifies a key that is not ours".into()));
         }
         Ok(CachedSvid {
             entry_revision: entry.revision,

@@ -32,21 +32,13 @@ impl Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -76,16 +68,10 @@ pub(crate) fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "path exists and is not a socket",
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "path exists and is not a socket"));
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another agent is listening on it",
-            ));
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, "another agent is listening on it"));
         }
         std::fs::remove_file(path)?;
     }
@@ -110,10 +96,7 @@ pub(crate) fn incoming(listener: UnixListener) -> ReceiverStream<io::Result<Peer
                         accepted_at_ticks: accepted_at?,
                     })
                 });
-                PeerStream {
-                    inner: stream,
-                    peer,
-                }
+                PeerStream { inner: stream, peer }
             });
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "workload API accept failed");

@@ -16,9 +16,8 @@ use lanyard_proto::node::MintJwtSvidRequest;
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
-    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
-    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
-    X509svid, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -26,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::attest::{self, DigestCache, PeerInfo};
+use crate::attest::{self, AttestCache, PeerInfo};
 use crate::cache::Snapshot;
 use crate::jwt_cache::JwtCache;
 
@@ -41,7 +40,7 @@ pub(crate) struct WorkloadApi {
     pub(crate) td: TrustDomain,
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
     pub(crate) client: watch::Receiver<Option<NodeClient<Channel>>>,
-    pub(crate) digests: Arc<DigestCache>,
+    pub(crate) attest_cache: Arc<AttestCache>,
     pub(crate) jwts: Arc<JwtCache>,
 }
 
@@ -49,9 +48,7 @@ pub(crate) struct WorkloadApi {
 pub(crate) fn require_header(req: Request<()>) -> Result<Request<()>, Status> {
     match req.metadata().get(lanyard_proto::WORKLOAD_API_HEADER) {
         Some(v) if v.as_bytes() == b"true" => Ok(req),
-        _ => Err(Status::invalid_argument(
-            "security header missing from request",
-        )),
+        _ => Err(Status::invalid_argument("security header missing from request")),
     }
 }
 
@@ -61,31 +58,27 @@ impl WorkloadApi {
     fn synced(&self) -> Result<Arc<Snapshot>, Status> {
         let snap = Arc::clone(&self.snapshots.borrow());
         if !snap.synced {
-            return Err(Status::unavailable(
-                "agent has not synced with the server yet",
-            ));
+            return Err(Status::unavailable("agent has not synced with the server yet"));
         }
         Ok(snap)
     }
 
     /// Attests the caller; its selectors.
     async fn attest<T>(&self, req: &Request<T>, snap: &Snapshot) -> Result<Vec<Selector>, Status> {
-        let peer = req
-            .extensions()
-            .get::<Option<PeerInfo>>()
-            .copied()
-            .flatten();
+        let peer = req.extensions().get::<Option<PeerInfo>>().copied().flatten();
         if let Some(p) = peer {
-            tracing::Span::current()
-                .record("pid", p.pid)
-                .record("uid", p.uid);
+            tracing::Span::current().record("pid", p.pid).record("uid", p.uid);
         }
-        let need_digest = snap.needs_digest();
-        let digests = Arc::clone(&self.digests);
-        let attested =
-            tokio::task::spawn_blocking(move || attest::attest(peer, need_digest, &digests))
+        let attested = if snap.needs_digest() {
+            // Hashing an executable can take a while the first time: off the async threads.
+            let cache = Arc::clone(&self.attest_cache);
+            tokio::task::spawn_blocking(move || attest::attest(peer, true, &cache))
                 .await
-                .map_err(|_| Status::internal("attestation task failed"))?;
+                .map_err(|_| Status::internal("attestation task failed"))?
+        } else {
+            // A handful of small /proc reads: cheaper inline than a thread hop.
+            attest::attest(peer, false, &self.attest_cache)
+        };
         attested.map_err(|e| {
             tracing::warn!(error = %e, "caller attestation failed");
             Status::permission_denied(NO_IDENTITY)
@@ -94,11 +87,7 @@ impl WorkloadApi {
 
     /// The caller's entries; PermissionDenied when there are none.
     fn entitled(snap: &Snapshot, selectors: &[Selector]) -> Result<Vec<Arc<Entry>>, Status> {
-        let entries: Vec<_> = snap
-            .matching(selectors, unix_secs(SystemTime::now()))
-            .into_iter()
-            .cloned()
-            .collect();
+        let entries: Vec<_> = snap.matching(selectors, unix_secs(SystemTime::now())).into_iter().cloned().collect();
         if entries.is_empty() {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
@@ -112,10 +101,7 @@ impl WorkloadApi {
 
 /// The X.509 answer for a caller with `selectors`, and a fingerprint of it
 /// (serials and bundle sequence) to tell whether anything changed.
-fn x509_response(
-    snap: &Snapshot,
-    selectors: &[Selector],
-) -> Option<(X509svidResponse, Vec<String>)> {
+fn x509_response(snap: &Snapshot, selectors: &[Selector]) -> Option<(X509svidResponse, Vec<String>)> {
     let bundle = snap.bundle.as_ref()?;
     let bundle_der = bundle.x509_der_concat();
     let mut fingerprint = vec![bundle.sequence.to_string()];
@@ -137,14 +123,7 @@ fn x509_response(
     if svids.is_empty() {
         return None;
     }
-    Some((
-        X509svidResponse {
-            svids,
-            crl: Vec::new(),
-            federated_bundles: HashMap::new(),
-        },
-        fingerprint,
-    ))
+    Some((X509svidResponse { svids, crl: Vec::new(), federated_bundles: HashMap::new() }, fingerprint))
 }
 
 /// Sends `make(snapshot)` now and again whenever its fingerprint changes,
@@ -199,14 +178,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if x509_response(&snap, &selectors).is_none() {
             let ready = snapshots.wait_for(|s| x509_response(s, &selectors).is_some());
             if tokio::time::timeout(FIRST_SVID_WAIT, ready).await.is_err() {
-                return Err(Status::unavailable(
-                    "SVIDs for this workload are still being issued; retry",
-                ));
+                return Err(Status::unavailable("SVIDs for this workload are still being issued; retry"));
             }
         }
-        Ok(Response::new(stream_updates(snapshots, move |s| {
-            x509_response(s, &selectors)
-        })))
+        Ok(Response::new(stream_updates(snapshots, move |s| x509_response(s, &selectors))))
     }
 
     type FetchX509BundlesStream = Streamed<X509BundlesResponse>;
@@ -219,44 +194,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let selectors = self.attest(&req, &snap).await?;
         Self::entitled(&snap, &selectors)?;
         let key = self.bundle_key();
-        Ok(Response::new(stream_updates(
-            self.snapshots.clone(),
-            move |s| {
-                let b = s.bundle.as_ref()?;
-                let bundles = HashMap::from([(key.clone(), b.x509_der_concat())]);
-                Some((
-                    X509BundlesResponse {
-                        crl: Vec::new(),
-                        bundles,
-                    },
-                    vec![b.sequence.to_string()],
-                ))
-            },
-        )))
+        Ok(Response::new(stream_updates(self.snapshots.clone(), move |s| {
+            let b = s.bundle.as_ref()?;
+            let bundles = HashMap::from([(key.clone(), b.x509_der_concat())]);
+            Some((X509BundlesResponse { crl: Vec::new(), bundles }, vec![b.sequence.to_string()]))
+        })))
     }
 
-    async fn fetch_jwtsvid(
-        &self,
-        req: Request<JwtsvidRequest>,
-    ) -> Result<Response<JwtsvidResponse>, Status> {
+    async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
         let mut audiences = req.get_ref().audience.clone();
         if audiences.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
         if audiences.len() > MAX_AUDIENCES {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_AUDIENCES} audiences may be requested"
-            )));
+            return Err(Status::invalid_argument(format!("at most {MAX_AUDIENCES} audiences may be requested")));
         }
         jwt::check_audiences(&audiences).map_err(|e| Status::invalid_argument(e.to_string()))?;
         audiences.sort();
         audiences.dedup();
         let wanted = match req.get_ref().spiffe_id.as_str() {
             "" => None,
-            s => Some(
-                SpiffeId::parse(s)
-                    .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
-            ),
+            s => Some(SpiffeId::parse(s).map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?),
         };
         let snap = self.synced()?;
         let selectors = self.attest(&req, &snap).await?;
@@ -270,11 +228,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let mut svids = Vec::with_capacity(entries.len());
         for entry in entries {
             let token = self.jwt_for(&entry, &audiences).await?;
-            svids.push(Jwtsvid {
-                spiffe_id: entry.spiffe_id.to_string(),
-                svid: token,
-                hint: entry.hint.clone(),
-            });
+            svids.push(Jwtsvid { spiffe_id: entry.spiffe_id.to_string(), svid: token, hint: entry.hint.clone() });
         }
         Ok(Response::new(JwtsvidResponse { svids }))
     }
@@ -289,15 +243,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let selectors = self.attest(&req, &snap).await?;
         Self::entitled(&snap, &selectors)?;
         let key = self.bundle_key();
-        Ok(Response::new(stream_updates(
-            self.snapshots.clone(),
-            move |s| {
-                let b = s.bundle.as_ref()?;
-                let jwks = serde_json::to_vec(&b.jwt_jwks()).ok()?;
-                let bundles = HashMap::from([(key.clone(), jwks)]);
-                Some((JwtBundlesResponse { bundles }, vec![b.sequence.to_string()]))
-            },
-        )))
+        Ok(Response::new(stream_updates(self.snapshots.clone(), move |s| {
+            let b = s.bundle.as_ref()?;
+            let jwks = serde_json::to_vec(&b.jwt_jwks()).ok()?;
+            let bundles = HashMap::from([(key.clone(), jwks)]);
+            Some((JwtBundlesResponse { bundles }, vec![b.sequence.to_string()]))
+        })))
     }
 
     async fn validate_jwtsvid(
@@ -313,10 +264,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let snap = self.synced()?;
         let selectors = self.attest(&req, &snap).await?;
         Self::entitled(&snap, &selectors)?;
-        let bundle = snap
-            .bundle
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
+        let bundle = snap.bundle.as_ref().ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
         let (sub, claims) = jwt::validate_jwt_svid(
             &req.get_ref().svid,
             &req.get_ref().audience,
@@ -325,10 +273,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             SystemTime::now(),
         )
         .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
-        Ok(Response::new(ValidateJwtsvidResponse {
-            spiffe_id: sub.to_string(),
-            claims: Some(json_struct(claims)),
-        }))
+        Ok(Response::new(ValidateJwtsvidResponse { spiffe_id: sub.to_string(), claims: Some(json_struct(claims)) }))
     }
 }
 
@@ -340,41 +285,25 @@ impl WorkloadApi {
             return Ok(token);
         }
         let client = self.client.borrow().clone();
-        let mut client =
-            client.ok_or_else(|| Status::unavailable("the server is unreachable; retry"))?;
+        let mut client = client.ok_or_else(|| Status::unavailable("the server is unreachable; retry"))?;
         let reply = client
-            .mint_jwt_svid(MintJwtSvidRequest {
-                entry_id: entry.id.to_string(),
-                audience: audiences.to_vec(),
-            })
+            .mint_jwt_svid(MintJwtSvidRequest { entry_id: entry.id.to_string(), audience: audiences.to_vec() })
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::InvalidArgument => Status::invalid_argument(s.message().to_owned()),
                 tonic::Code::PermissionDenied => Status::permission_denied(NO_IDENTITY),
-                _ => Status::unavailable(format!(
-                    "server could not mint the JWT-SVID: {}",
-                    s.message()
-                )),
+                _ => Status::unavailable(format!("server could not mint the JWT-SVID: {}", s.message())),
             })?
             .into_inner();
         let expires_at = u64::try_from(reply.expires_at).unwrap_or(0);
-        self.jwts.put(
-            &entry.id,
-            entry.revision,
-            audiences,
-            reply.token.clone(),
-            now,
-            expires_at,
-        );
+        self.jwts.put(&entry.id, entry.revision, audiences, reply.token.clone(), now, expires_at);
         Ok(reply.token)
     }
 }
 
 /// JSON object to `google.protobuf.Struct`.
 fn json_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
-    }
+    prost_types::Struct { fields: map.into_iter().map(|(k, v)| (k, json_value(v))).collect() }
 }
 
 fn json_value(v: serde_json::Value) -> prost_types::Value {
@@ -384,9 +313,9 @@ fn json_value(v: serde_json::Value) -> prost_types::Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_value).collect(),
-        }),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(json_value).collect() })
+        }
         serde_json::Value::Object(o) => Kind::StructValue(json_struct(o)),
     };
     prost_types::Value { kind: Some(kind) }

@@ -42,10 +42,7 @@ struct X509Jwk {
 impl TrustBundle {
     /// The CA certificates as concatenated PEM blocks.
     pub fn x509_pem(&self) -> String {
-        self.x509_authorities
-            .iter()
-            .map(|der| pem("CERTIFICATE", der))
-            .collect()
+        self.x509_authorities.iter().map(|der| pem("CERTIFICATE", der)).collect()
     }
 
     /// The CA certificates as concatenated DER, the Workload API's `bundle` form.
@@ -55,13 +52,7 @@ impl TrustBundle {
 
     /// The JWT keys as a standard JWKS (the Workload API's JWT bundle form).
     pub fn jwt_jwks(&self) -> Jwks {
-        Jwks {
-            keys: self
-                .jwt_authorities
-                .iter()
-                .map(|k| k.key.to_jwk(None))
-                .collect(),
-        }
+        Jwks { keys: self.jwt_authorities.iter().map(|k| k.key.to_jwk(None)).collect() }
     }
 
     /// The JWT verification keys.
@@ -80,11 +71,7 @@ impl TrustBundle {
             if let Some(key) = cert_public_key(der) {
                 let jwk = key.to_jwk(Some("x509-svid"));
                 let entry = X509Jwk {
-                    jwk: Jwk {
-                        kid: None,
-                        alg: None,
-                        ..jwk
-                    },
+                    jwk: Jwk { kid: None, alg: None, ..jwk },
                     x5c: [base64::engine::general_purpose::STANDARD.encode(der)],
                 };
                 keys.push(serde_json::to_value(entry)?);
@@ -130,9 +117,7 @@ pub fn parse_pem(text: &str, label: &str) -> Result<Vec<Vec<u8>>, base64::Decode
         let Some(stop) = rest[body_start..].find(&end) else {
             break;
         };
-        let body: String = rest[body_start..body_start + stop]
-            .split_whitespace()
-            .collect();
+        let body: String = rest[body_start..body_start + stop].split_whitespace().collect();
         out.push(base64::engine::general_purpose::STANDARD.decode(body)?);
         rest = &rest[body_start + stop + end.len()..];
     }

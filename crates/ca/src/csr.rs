@@ -32,32 +32,19 @@ impl CsrPublicKey {
 /// Parses a DER PKCS#10 request, verifies its self-signature and returns its key.
 pub fn parse_csr(der: &[u8]) -> Result<CsrPublicKey, CaError> {
     if der.is_empty() || der.len() > MAX_CSR_LEN {
-        return Err(CaError::MalformedCsr(format!(
-            "length {} is outside 1..={MAX_CSR_LEN}",
-            der.len()
-        )));
+        return Err(CaError::MalformedCsr(format!("length {} is outside 1..={MAX_CSR_LEN}", der.len())));
     }
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
+    let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| CaError::MalformedCsr(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CaError::MalformedCsr("trailing bytes".into()));
     }
     let spki = &csr.certification_request_info.subject_pki;
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|oid| oid.to_id_string());
-    if spki.algorithm.algorithm.to_id_string() != OID_EC_PUBLIC_KEY
-        || curve.as_deref() != Some(OID_P256)
-    {
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|oid| oid.to_id_string());
+    if spki.algorithm.algorithm.to_id_string() != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P256) {
         return Err(CaError::UnsupportedKey);
     }
     csr.verify_signature().map_err(|_| CaError::CsrSignature)?;
-    Ok(CsrPublicKey {
-        spki_der: spki.raw.to_vec(),
-    })
+    Ok(CsrPublicKey { spki_der: spki.raw.to_vec() })
 }
 
 /// A fresh P-256 key and a CSR for it: what an agent does for every identity.
@@ -87,36 +74,22 @@ mod tests {
     fn refuses_tampered_and_garbage() {
         let (_, mut csr) = new_key_and_csr().unwrap();
         assert!(matches!(parse_csr(&[]), Err(CaError::MalformedCsr(_))));
-        assert!(matches!(
-            parse_csr(b"not a csr"),
-            Err(CaError::MalformedCsr(_))
-        ));
-        assert!(matches!(
-            parse_csr(&vec![0x30; MAX_CSR_LEN + 1]),
-            Err(CaError::MalformedCsr(_))
-        ));
+        assert!(matches!(parse_csr(b"not a csr"), Err(CaError::MalformedCsr(_))));
+        assert!(matches!(parse_csr(&vec![0x30; MAX_CSR_LEN + 1]), Err(CaError::MalformedCsr(_))));
         let mut trailing = csr.clone();
         trailing.push(0);
-        assert!(matches!(
-            parse_csr(&trailing),
-            Err(CaError::MalformedCsr(_))
-        ));
+        assert!(matches!(parse_csr(&trailing), Err(CaError::MalformedCsr(_))));
         // Flip a bit in the signature (the last byte).
         let last = csr.len() - 1;
         csr[last] ^= 1;
-        assert!(matches!(
-            parse_csr(&csr),
-            Err(CaError::CsrSignature | CaError::MalformedCsr(_))
-        ));
+        assert!(matches!(parse_csr(&csr), Err(CaError::CsrSignature | CaError::MalformedCsr(_))));
     }
 
     #[test]
     fn refuses_other_key_types() {
         for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
             let key = KeyPair::generate_for(alg).unwrap();
-            let csr = CertificateParams::default()
-                .serialize_request(&key)
-                .unwrap();
+            let csr = CertificateParams::default().serialize_request(&key).unwrap();
             assert!(matches!(parse_csr(csr.der()), Err(CaError::UnsupportedKey)));
         }
     }
@@ -128,10 +101,7 @@ mod tests {
         let (_, b) = new_key_and_csr().unwrap();
         let spki_a = parse_csr(&a).unwrap().spki_der;
         let spki_b = parse_csr(&b).unwrap().spki_der;
-        let pos = b
-            .windows(spki_b.len())
-            .position(|w| w == spki_b.as_slice())
-            .unwrap();
+        let pos = b.windows(spki_b.len()).position(|w| w == spki_b.as_slice()).unwrap();
         let mut forged = b.clone();
         forged[pos..pos + spki_a.len()].copy_from_slice(&spki_a);
         assert!(matches!(parse_csr(&forged), Err(CaError::CsrSignature)));

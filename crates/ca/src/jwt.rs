@@ -55,14 +55,9 @@ pub fn check_audiences(audiences: &[String]) -> Result<(), CaError> {
         return Err(CaError::BadAudience("at least one audience is required"));
     }
     if audiences.len() > MAX_AUDIENCES {
-        return Err(CaError::BadAudience(
-            "at most 32 audiences may be requested",
-        ));
+        return Err(CaError::BadAudience("at most 32 audiences may be requested"));
     }
-    if audiences
-        .iter()
-        .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN)
-    {
+    if audiences.iter().any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN) {
         return Err(CaError::BadAudience("audiences must be 1-512 bytes"));
     }
     Ok(())
@@ -78,18 +73,12 @@ pub struct JwtAuthority {
 impl JwtAuthority {
     /// A fresh key valid from `now` for `ttl`.
     pub fn generate(now: SystemTime, ttl: Duration) -> Result<Self, CaError> {
-        Ok(Self {
-            key: SigningKey::generate()?,
-            not_after: now + ttl,
-        })
+        Ok(Self { key: SigningKey::generate()?, not_after: now + ttl })
     }
 
     /// Rebuilds a stored key.
     pub fn from_parts(pkcs8: &[u8], not_after: SystemTime) -> Result<Self, CaError> {
-        Ok(Self {
-            key: SigningKey::from_pkcs8(pkcs8)?,
-            not_after,
-        })
+        Ok(Self { key: SigningKey::from_pkcs8(pkcs8)?, not_after })
     }
 
     /// The key id (`kid`).
@@ -113,11 +102,7 @@ impl JwtAuthority {
     }
 
     /// Signs a JWT-SVID for `template` at `now`; returns the token and its expiry.
-    pub fn sign_svid(
-        &self,
-        template: &JwtSvidTemplate,
-        now: SystemTime,
-    ) -> Result<(String, SystemTime), CaError> {
+    pub fn sign_svid(&self, template: &JwtSvidTemplate, now: SystemTime) -> Result<(String, SystemTime), CaError> {
         check_audiences(&template.audiences)?;
         let exp = (now + template.ttl).min(self.not_after);
         let claims = JwtSvidClaims {
@@ -149,36 +134,25 @@ pub fn validate_jwt_svid(
     keys: &[VerifyingKey],
     now: SystemTime,
 ) -> Result<(SpiffeId, serde_json::Map<String, serde_json::Value>), CaError> {
-    let verified = lanyard_jose::verify(token, Some(JWT_SVID_TYPS), |kid| {
-        keys.iter().find(|k| k.kid() == kid)
-    })
-    .or_else(|e| match e {
-        // typ is optional for JWT-SVIDs: accept its absence, nothing else.
-        lanyard_jose::JoseError::WrongTyp => {
-            let header = lanyard_jose::decode_header(token)?;
-            if header.typ.is_some() {
-                return Err(e);
+    let verified = lanyard_jose::verify(token, Some(JWT_SVID_TYPS), |kid| keys.iter().find(|k| k.kid() == kid))
+        .or_else(|e| match e {
+            // typ is optional for JWT-SVIDs: accept its absence, nothing else.
+            lanyard_jose::JoseError::WrongTyp => {
+                let header = lanyard_jose::decode_header(token)?;
+                if header.typ.is_some() {
+                    return Err(e);
+                }
+                lanyard_jose::verify(token, None, |kid| keys.iter().find(|k| k.kid() == kid))
             }
-            lanyard_jose::verify(token, None, |kid| keys.iter().find(|k| k.kid() == kid))
-        }
-        other => Err(other),
-    })?;
-    let registered: claims::Registered = serde_json::from_slice(&verified.claims)
-        .map_err(|_| lanyard_jose::JoseError::BadPayload)?;
-    claims::check_registered(
-        &registered,
-        audience,
-        unix_secs(now),
-        claims::DEFAULT_LEEWAY_SECS,
-    )?;
-    let sub =
-        SpiffeId::parse(&registered.sub).map_err(|e| CaError::InvalidSvid(format!("sub: {e}")))?;
+            other => Err(other),
+        })?;
+    let registered: claims::Registered =
+        serde_json::from_slice(&verified.claims).map_err(|_| lanyard_jose::JoseError::BadPayload)?;
+    claims::check_registered(&registered, audience, unix_secs(now), claims::DEFAULT_LEEWAY_SECS)?;
+    let sub = SpiffeId::parse(&registered.sub).map_err(|e| CaError::InvalidSvid(format!("sub: {e}")))?;
     if !sub.is_member_of(td) {
-        return Err(CaError::InvalidSvid(format!(
-            "sub {sub} is not in trust domain {td}"
-        )));
+        return Err(CaError::InvalidSvid(format!("sub {sub} is not in trust domain {td}")));
     }
-    let map = serde_json::from_slice(&verified.claims)
-        .map_err(|_| lanyard_jose::JoseError::BadPayload)?;
+    let map = serde_json::from_slice(&verified.claims).map_err(|_| lanyard_jose::JoseError::BadPayload)?;
     Ok((sub, map))
 }

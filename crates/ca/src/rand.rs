@@ -7,9 +7,7 @@ use crate::CaError;
 /// `N` random bytes from the operating system.
 pub fn bytes<const N: usize>() -> Result<[u8; N], CaError> {
     let mut out = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| CaError::Random)?;
+    SystemRandom::new().fill(&mut out).map_err(|_| CaError::Random)?;
     Ok(out)
 }
 

@@ -43,8 +43,7 @@ fn invalid(reason: &str) -> CaError {
 /// holding a SPIFFE ID, basicConstraints cA=false, a critical keyUsage with
 /// digitalSignature and without keyCertSign/cRLSign.
 pub fn inspect_leaf(der: &[u8]) -> Result<SvidInfo, CaError> {
-    let (rest, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| CaError::InvalidSvid(e.to_string()))?;
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CaError::InvalidSvid(e.to_string()))?;
     if !rest.is_empty() {
         return Err(invalid("trailing bytes after certificate"));
     }
@@ -90,9 +89,7 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, CaError> {
         _ => None,
     });
     match (uris.next(), uris.next()) {
-        (Some(uri), None) => {
-            SpiffeId::parse(uri).map_err(|e| CaError::InvalidSvid(format!("URI SAN: {e}")))
-        }
+        (Some(uri), None) => SpiffeId::parse(uri).map_err(|e| CaError::InvalidSvid(format!("URI SAN: {e}"))),
         (None, _) => Err(invalid("no URI SAN")),
         (Some(_), Some(_)) => Err(invalid("more than one URI SAN")),
     }
@@ -107,39 +104,24 @@ pub fn ca_trust_domain(der: &[u8]) -> Option<lanyard_core::TrustDomain> {
 /// Verifies `chain` (DER, leaf first) up to one of `roots` at `now` for
 /// `usage`, then checks the leaf rules. Chain building and signature checks
 /// are rustls-webpki's; nothing here re-implements them.
-pub fn verify_chain(
-    chain: &[Vec<u8>],
-    roots: &[Vec<u8>],
-    now: SystemTime,
-    usage: Usage,
-) -> Result<SvidInfo, CaError> {
-    let (leaf, intermediates) = chain
-        .split_first()
-        .ok_or_else(|| invalid("empty certificate chain"))?;
+pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], now: SystemTime, usage: Usage) -> Result<SvidInfo, CaError> {
+    let (leaf, intermediates) = chain.split_first().ok_or_else(|| invalid("empty certificate chain"))?;
     let info = inspect_leaf(leaf)?;
-    let anchors_der: Vec<CertificateDer<'_>> = roots
-        .iter()
-        .map(|r| CertificateDer::from(r.as_slice()))
-        .collect();
+    let anchors_der: Vec<CertificateDer<'_>> = roots.iter().map(|r| CertificateDer::from(r.as_slice())).collect();
     let anchors = anchors_der
         .iter()
         .map(webpki::anchor_from_trusted_cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CaError::ChainInvalid(format!("trust anchor: {e}")))?;
-    let intermediates: Vec<CertificateDer<'_>> = intermediates
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
+    let intermediates: Vec<CertificateDer<'_>> =
+        intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
     let leaf_der = CertificateDer::from(leaf.as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf_der)
-        .map_err(|e| CaError::ChainInvalid(e.to_string()))?;
+    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| CaError::ChainInvalid(e.to_string()))?;
     let eku = match usage {
         Usage::Server => webpki::KeyUsage::server_auth(),
         Usage::Client => webpki::KeyUsage::client_auth(),
     };
-    let since_epoch = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     ee.verify_for_usage(
         SUPPORTED_ALGS,
         &anchors,
@@ -154,8 +136,5 @@ pub fn verify_chain(
 }
 
 /// Signature algorithms accepted in SVID chains.
-pub static SUPPORTED_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
-    webpki::ring::ECDSA_P256_SHA256,
-    webpki::ring::ECDSA_P384_SHA384,
-    webpki::ring::ED25519,
-];
+pub static SUPPORTED_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] =
+    &[webpki::ring::ECDSA_P256_SHA256, webpki::ring::ECDSA_P384_SHA384, webpki::ring::ED25519];

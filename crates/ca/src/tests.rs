@@ -37,19 +37,9 @@ fn minted_svid_follows_every_x509_svid_rule() {
 
     // Exactly one URI SAN, the SPIFFE ID; the DNS name as well.
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    let uris: Vec<_> = san
-        .general_names
-        .iter()
-        .filter(|n| matches!(n, GeneralName::URI(_)))
-        .collect();
-    assert_eq!(
-        uris,
-        [&GeneralName::URI("spiffe://example.org/connector/github")]
-    );
-    assert!(
-        san.general_names
-            .contains(&GeneralName::DNSName("github.internal"))
-    );
+    let uris: Vec<_> = san.general_names.iter().filter(|n| matches!(n, GeneralName::URI(_))).collect();
+    assert_eq!(uris, [&GeneralName::URI("spiffe://example.org/connector/github")]);
+    assert!(san.general_names.contains(&GeneralName::DNSName("github.internal")));
 
     // cA=false, present.
     let bc = cert.basic_constraints().unwrap().unwrap();
@@ -81,10 +71,9 @@ fn minted_svid_follows_every_x509_svid_rule() {
     // Issued by the CA, with an authority key identifier.
     let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
     assert_eq!(cert.issuer(), ca_cert.subject());
-    assert!(cert.extensions().iter().any(|e| matches!(
-        e.parsed_extension(),
-        ParsedExtension::AuthorityKeyIdentifier(_)
-    )));
+    assert!(
+        cert.extensions().iter().any(|e| matches!(e.parsed_extension(), ParsedExtension::AuthorityKeyIdentifier(_)))
+    );
 
     // The key certified is the CSR's key.
     assert_eq!(cert.public_key().raw, t.public_key.spki_der());
@@ -103,14 +92,8 @@ fn ca_certificate_is_a_ca_with_the_trust_domain_id() {
     let ku = cert.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.crl_sign());
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    assert_eq!(
-        san.general_names,
-        vec![GeneralName::URI("spiffe://example.org")]
-    );
-    assert!(
-        inspect_leaf(ca.cert_der()).is_err(),
-        "a CA is not a leaf SVID"
-    );
+    assert_eq!(san.general_names, vec![GeneralName::URI("spiffe://example.org")]);
+    assert!(inspect_leaf(ca.cert_der()).is_err(), "a CA is not a leaf SVID");
 }
 
 #[test]
@@ -139,16 +122,10 @@ fn chain_verifies_against_its_ca_only_while_valid() {
     ));
     // Expired.
     let later = now() + Duration::from_secs(3601);
-    assert!(matches!(
-        verify_chain(&chain, &roots, later, Usage::Client),
-        Err(CaError::ChainInvalid(_))
-    ));
+    assert!(matches!(verify_chain(&chain, &roots, later, Usage::Client), Err(CaError::ChainInvalid(_))));
     // Not yet valid.
     let earlier = now() - Duration::from_secs(60);
-    assert!(matches!(
-        verify_chain(&chain, &roots, earlier, Usage::Client),
-        Err(CaError::ChainInvalid(_))
-    ));
+    assert!(matches!(verify_chain(&chain, &roots, earlier, Usage::Client), Err(CaError::ChainInvalid(_))));
     assert!(verify_chain(&[], &roots, now(), Usage::Client).is_err());
 }
 
@@ -159,21 +136,10 @@ fn authority_round_trips_through_storage_and_refuses_mismatched_key() {
     assert_eq!(again.not_after(), ca.not_after());
     let (_, t) = template(Duration::from_secs(60));
     let signed = again.sign_svid(&t, now()).unwrap();
-    assert!(
-        verify_chain(
-            &[signed.der],
-            &[ca.cert_der().to_vec()],
-            now(),
-            Usage::Client
-        )
-        .is_ok()
-    );
+    assert!(verify_chain(&[signed.der], &[ca.cert_der().to_vec()], now(), Usage::Client).is_ok());
 
     let other = X509Authority::generate(&td(), now(), Duration::from_secs(86_400)).unwrap();
-    assert!(matches!(
-        X509Authority::from_parts(ca.cert_der().to_vec(), &other.pkcs8_der()),
-        Err(CaError::BadKey(_))
-    ));
+    assert!(matches!(X509Authority::from_parts(ca.cert_der().to_vec(), &other.pkcs8_der()), Err(CaError::BadKey(_))));
 }
 
 #[test]
@@ -203,16 +169,7 @@ fn jwt_svid_signs_and_validates() {
     let late = now() + Duration::from_secs(300 + 31);
     assert!(jwt::validate_jwt_svid(&token, "api.example", &td(), &keys, late).is_err());
     let stranger = JwtAuthority::generate(now(), Duration::from_secs(60)).unwrap();
-    assert!(
-        jwt::validate_jwt_svid(
-            &token,
-            "api.example",
-            &td(),
-            &[stranger.verifying_key()],
-            now()
-        )
-        .is_err()
-    );
+    assert!(jwt::validate_jwt_svid(&token, "api.example", &td(), &[stranger.verifying_key()], now()).is_err());
     let other_td = TrustDomain::new("other.org").unwrap();
     assert!(jwt::validate_jwt_svid(&token, "api.example", &other_td, &keys, now()).is_err());
 }
@@ -226,20 +183,11 @@ fn jwt_audience_limits() {
         ttl: Duration::from_secs(300),
         issuer: None,
     };
-    assert!(matches!(
-        auth.sign_svid(&t, now()),
-        Err(CaError::BadAudience(_))
-    ));
+    assert!(matches!(auth.sign_svid(&t, now()), Err(CaError::BadAudience(_))));
     t.audiences = (0..33).map(|i| format!("a{i}")).collect();
-    assert!(matches!(
-        auth.sign_svid(&t, now()),
-        Err(CaError::BadAudience(_))
-    ));
+    assert!(matches!(auth.sign_svid(&t, now()), Err(CaError::BadAudience(_))));
     t.audiences = vec![String::new()];
-    assert!(matches!(
-        auth.sign_svid(&t, now()),
-        Err(CaError::BadAudience(_))
-    ));
+    assert!(matches!(auth.sign_svid(&t, now()), Err(CaError::BadAudience(_))));
     // Capped by the key's end.
     t.audiences = vec!["a".into()];
     let (_, exp) = auth.sign_svid(&t, now()).unwrap();
@@ -253,18 +201,12 @@ fn bundle_formats() {
     let bundle = TrustBundle {
         trust_domain: td(),
         x509_authorities: vec![ca.cert_der().to_vec()],
-        jwt_authorities: vec![JwtAuthorityKey {
-            key: jwt.verifying_key(),
-            expires_at: 1,
-        }],
+        jwt_authorities: vec![JwtAuthorityKey { key: jwt.verifying_key(), expires_at: 1 }],
         sequence: 7,
         refresh_hint: Duration::from_secs(300),
     };
     let pem = bundle.x509_pem();
-    assert_eq!(
-        bundle::parse_pem(&pem, "CERTIFICATE").unwrap(),
-        bundle.x509_authorities
-    );
+    assert_eq!(bundle::parse_pem(&pem, "CERTIFICATE").unwrap(), bundle.x509_authorities);
     assert_eq!(bundle.x509_der_concat(), ca.cert_der());
 
     let doc: serde_json::Value = serde_json::from_str(&bundle.spiffe_json().unwrap()).unwrap();

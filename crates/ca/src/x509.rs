@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 use lanyard_core::rotation::validity;
 use lanyard_core::{DnsName, SpiffeId, TrustDomain};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
-    SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 
 use crate::csr::CsrPublicKey;
@@ -66,9 +65,7 @@ impl X509Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(random_serial()?);
-        let not_before = now
-            .checked_sub(lanyard_core::rotation::BACKDATE)
-            .unwrap_or(now);
+        let not_before = now.checked_sub(lanyard_core::rotation::BACKDATE).unwrap_or(now);
         let not_after = now + ttl;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
@@ -92,17 +89,10 @@ impl X509Authority {
         };
         use rcgen::PublicKeyData;
         if spki != key.subject_public_key_info() {
-            return Err(CaError::BadKey(
-                "CA key does not match its certificate".into(),
-            ));
+            return Err(CaError::BadKey("CA key does not match its certificate".into()));
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)?;
-        Ok(Self {
-            cert_der,
-            issuer,
-            not_before,
-            not_after,
-        })
+        Ok(Self { cert_der, issuer, not_before, not_after })
     }
 
     /// The DER CA certificate, as published in the bundle.
@@ -131,29 +121,17 @@ impl X509Authority {
     /// cA=false, keyUsage digitalSignature only (critical), extended key usage
     /// serverAuth and clientAuth, a random 127-bit serial, notBefore backdated
     /// by [`lanyard_core::rotation::BACKDATE`], notAfter no later than the CA's.
-    pub fn sign_svid(
-        &self,
-        template: &X509SvidTemplate,
-        now: SystemTime,
-    ) -> Result<SignedCert, CaError> {
+    pub fn sign_svid(&self, template: &X509SvidTemplate, now: SystemTime) -> Result<SignedCert, CaError> {
         let (not_before, not_after) = validity(now, template.ttl, self.not_after);
         let cn = template.dns_names.first().map_or("", DnsName::as_str);
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(cn);
         params.subject_alt_names = std::iter::once(uri(&template.spiffe_id).map(SanType::URI))
-            .chain(
-                template
-                    .dns_names
-                    .iter()
-                    .map(|d| dns(d).map(SanType::DnsName)),
-            )
+            .chain(template.dns_names.iter().map(|d| dns(d).map(SanType::DnsName)))
             .collect::<Result<_, _>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial()?;
         let serial_hex = lanyard_core::hex::encode(&serial.to_bytes());
@@ -162,11 +140,7 @@ impl X509Authority {
         params.not_after = not_after.into();
         let public_key = SubjectPublicKeyInfo::from_der(template.public_key.spki_der())?;
         let cert = params.signed_by(&public_key, &self.issuer)?;
-        Ok(SignedCert {
-            der: cert.der().to_vec(),
-            serial: serial_hex,
-            not_after,
-        })
+        Ok(SignedCert { der: cert.der().to_vec(), serial: serial_hex, not_after })
     }
 }
 

@@ -2,16 +2,15 @@
 
 use anyhow::Context;
 use lanyard_proto::admin::{
-    BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest,
-    GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListEntriesRequest, UpdateEntryRequest,
+    BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, GetBundleRequest, GetEntryRequest,
+    ListAgentsRequest, ListEntriesRequest, UpdateEntryRequest,
 };
 use lanyard_proto::common::Entry;
 
 use lanyard_core::SpiffeId;
 
 use crate::cli::{
-    AdminSocket, BundleCommand, BundleFormat, EntryCommand, EntryFields, JoinTokenCommand, Output,
-    OutputArg,
+    AdminSocket, BundleCommand, BundleFormat, EntryCommand, EntryFields, JoinTokenCommand, Output, OutputArg,
 };
 use crate::clients::{self, StatusExt};
 use crate::output;
@@ -26,32 +25,19 @@ pub(crate) async fn entry(cmd: EntryCommand) -> anyhow::Result<()> {
             };
             apply_fields(&mut entry, args.fields, true);
             let mut client = clients::admin(&args.admin.admin_socket).await?;
-            let created = client
-                .create_entry(CreateEntryRequest { entry: Some(entry) })
-                .await
-                .or_status("create entry")?;
+            let created =
+                client.create_entry(CreateEntryRequest { entry: Some(entry) }).await.or_status("create entry")?;
             output::print_entry(&created, args.output.output);
         }
-        EntryCommand::List {
-            parent_id,
-            spiffe_id,
-            admin,
-            output,
-        } => {
+        EntryCommand::List { parent_id, spiffe_id, admin, output } => {
             let mut client = clients::admin(&admin.admin_socket).await?;
             let mut entries = Vec::new();
             let mut page_token = String::new();
             loop {
                 let page = client
                     .list_entries(ListEntriesRequest {
-                        parent_id: parent_id
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
-                        spiffe_id: spiffe_id
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
+                        parent_id: parent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        spiffe_id: spiffe_id.as_ref().map(ToString::to_string).unwrap_or_default(),
                         page_size: 1000,
                         page_token,
                     })
@@ -67,20 +53,12 @@ pub(crate) async fn entry(cmd: EntryCommand) -> anyhow::Result<()> {
         }
         EntryCommand::Show { id, admin, output } => {
             let mut client = clients::admin(&admin.admin_socket).await?;
-            let entry = client
-                .get_entry(GetEntryRequest { id })
-                .await
-                .or_status("show entry")?;
+            let entry = client.get_entry(GetEntryRequest { id }).await.or_status("show entry")?;
             output::print_entry(&entry, output.output);
         }
         EntryCommand::Update(args) => {
             let mut client = clients::admin(&args.admin.admin_socket).await?;
-            let mut entry = client
-                .get_entry(GetEntryRequest {
-                    id: args.id.clone(),
-                })
-                .await
-                .or_status("read entry")?;
+            let mut entry = client.get_entry(GetEntryRequest { id: args.id.clone() }).await.or_status("read entry")?;
             let expected_revision = entry.revision;
             if let Some(id) = args.spiffe_id {
                 entry.spiffe_id = id.to_string();
@@ -90,20 +68,14 @@ pub(crate) async fn entry(cmd: EntryCommand) -> anyhow::Result<()> {
             }
             apply_fields(&mut entry, args.fields, false);
             let updated = client
-                .update_entry(UpdateEntryRequest {
-                    entry: Some(entry),
-                    expected_revision,
-                })
+                .update_entry(UpdateEntryRequest { entry: Some(entry), expected_revision })
                 .await
                 .or_status("update entry")?;
             output::print_entry(&updated, args.output.output);
         }
         EntryCommand::Delete { id, admin } => {
             let mut client = clients::admin(&admin.admin_socket).await?;
-            client
-                .delete_entry(DeleteEntryRequest { id: id.clone() })
-                .await
-                .or_status("delete entry")?;
+            client.delete_entry(DeleteEntryRequest { id: id.clone() }).await.or_status("delete entry")?;
             println!("deleted entry {id}");
         }
     }
@@ -130,18 +102,11 @@ fn apply_fields(entry: &mut Entry, fields: EntryFields, create: bool) {
 }
 
 pub(crate) async fn join_token(cmd: JoinTokenCommand) -> anyhow::Result<()> {
-    let JoinTokenCommand::Create {
-        name,
-        ttl,
-        admin,
-        output,
-    } = cmd;
+    let JoinTokenCommand::Create { name, ttl, admin, output } = cmd;
     let ttl_seconds = u32::try_from(ttl.as_secs()).context("--ttl is too long")?;
     let mut client = clients::admin(&admin.admin_socket).await?;
-    let created = client
-        .create_join_token(CreateJoinTokenRequest { name, ttl_seconds })
-        .await
-        .or_status("create join token")?;
+    let created =
+        client.create_join_token(CreateJoinTokenRequest { name, ttl_seconds }).await.or_status("create join token")?;
     match output.output {
         Output::Json => println!(
             "{}",
@@ -158,22 +123,14 @@ pub(crate) async fn join_token(cmd: JoinTokenCommand) -> anyhow::Result<()> {
 
 pub(crate) async fn agent_list(admin: AdminSocket, output: OutputArg) -> anyhow::Result<()> {
     let mut client = clients::admin(&admin.admin_socket).await?;
-    let agents = client
-        .list_agents(ListAgentsRequest {})
-        .await
-        .or_status("list agents")?;
+    let agents = client.list_agents(ListAgentsRequest {}).await.or_status("list agents")?;
     output::print_agents(&agents.agents, output.output);
     Ok(())
 }
 
 pub(crate) async fn agent_ban(spiffe_id: SpiffeId, admin: AdminSocket) -> anyhow::Result<()> {
     let mut client = clients::admin(&admin.admin_socket).await?;
-    let agent = client
-        .ban_agent(BanAgentRequest {
-            spiffe_id: spiffe_id.to_string(),
-        })
-        .await
-        .or_status("ban agent")?;
+    let agent = client.ban_agent(BanAgentRequest { spiffe_id: spiffe_id.to_string() }).await.or_status("ban agent")?;
     println!("banned {}", agent.spiffe_id);
     Ok(())
 }
@@ -181,10 +138,7 @@ pub(crate) async fn agent_ban(spiffe_id: SpiffeId, admin: AdminSocket) -> anyhow
 pub(crate) async fn bundle(cmd: BundleCommand) -> anyhow::Result<()> {
     let BundleCommand::Show { format, admin } = cmd;
     let mut client = clients::admin(&admin.admin_socket).await?;
-    let proto = client
-        .get_bundle(GetBundleRequest {})
-        .await
-        .or_status("show bundle")?;
+    let proto = client.get_bundle(GetBundleRequest {}).await.or_status("show bundle")?;
     let bundle = lanyard_agent::bundle_from_proto(&proto)?;
     match format {
         BundleFormat::Pem => print!("{}", bundle.x509_pem()),

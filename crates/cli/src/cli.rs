@@ -45,11 +45,7 @@ pub(crate) enum Command {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct AdminSocket {
     /// The server's admin socket.
-    #[arg(
-        long,
-        env = "LANYARD_ADMIN_SOCKET",
-        default_value = "/tmp/lanyard/admin.sock"
-    )]
+    #[arg(long, env = "LANYARD_ADMIN_SOCKET", default_value = "/tmp/lanyard/admin.sock")]
     pub(crate) admin_socket: PathBuf,
 }
 
@@ -57,11 +53,7 @@ pub(crate) struct AdminSocket {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct WorkloadSocket {
     /// The agent's Workload API socket (`unix:///path` or a path).
-    #[arg(
-        long,
-        env = "SPIFFE_ENDPOINT_SOCKET",
-        default_value = "unix:///tmp/lanyard/agent.sock"
-    )]
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = "unix:///tmp/lanyard/agent.sock")]
     pub(crate) socket: String,
 }
 

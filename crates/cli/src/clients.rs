@@ -23,12 +23,9 @@ async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
 
 /// A client for the server's admin API.
 pub(crate) async fn admin(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
-    let channel = unix_channel(socket).await.with_context(|| {
-        format!(
-            "cannot reach the server's admin socket {}",
-            socket.display()
-        )
-    })?;
+    let channel = unix_channel(socket)
+        .await
+        .with_context(|| format!("cannot reach the server's admin socket {}", socket.display()))?;
     Ok(AdminClient::new(channel))
 }
 
@@ -49,22 +46,16 @@ pub(crate) fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
 /// A client for the agent's Workload API.
 pub(crate) async fn workload(endpoint: &str) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
     let path = socket_path(endpoint)?;
-    let channel = unix_channel(&path).await.with_context(|| {
-        format!(
-            "cannot reach the agent's Workload API socket {}",
-            path.display()
-        )
-    })?;
+    let channel = unix_channel(&path)
+        .await
+        .with_context(|| format!("cannot reach the agent's Workload API socket {}", path.display()))?;
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 
 /// A Workload API request with the `workload.spiffe.io: true` header.
 pub(crate) fn workload_request<T>(message: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert(
-        lanyard_proto::WORKLOAD_API_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
+    req.metadata_mut().insert(lanyard_proto::WORKLOAD_API_HEADER, tonic::metadata::MetadataValue::from_static("true"));
     req
 }
 
@@ -92,7 +83,6 @@ pub(crate) trait StatusExt<T> {
 
 impl<T> StatusExt<T> for Result<tonic::Response<T>, tonic::Status> {
     fn or_status(self, what: &str) -> anyhow::Result<T> {
-        self.map(tonic::Response::into_inner)
-            .map_err(|s| anyhow::anyhow!("{what}: {}", status_line(&s)))
+        self.map(tonic::Response::into_inner).map_err(|s| anyhow::anyhow!("{what}: {}", status_line(&s)))
     }
 }

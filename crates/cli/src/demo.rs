@@ -78,16 +78,11 @@ fn step(text: &str) {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Retries `f` every 50 ms until it succeeds or `timeout` passes.
-async fn eventually<T>(
-    timeout: Duration,
-    mut f: impl AsyncFnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+async fn eventually<T>(timeout: Duration, mut f: impl AsyncFnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         match f().await {
@@ -106,9 +101,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let listen = format!("127.0.0.1:{}", free_port()?);
     println!("Lanyard demo in {}", dir.display());
 
-    step(&format!(
-        "Starting the issuer for trust domain {TRUST_DOMAIN} (node API on {listen})"
-    ));
+    step(&format!("Starting the issuer for trust domain {TRUST_DOMAIN} (node API on {listen})"));
     let admin_str = admin_socket.to_str().context("temp path is not UTF-8")?;
     let server_dir = dir.join("server");
     let mut server = Role::spawn(
@@ -130,18 +123,11 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let mut admin = eventually(Duration::from_secs(15), async || {
         server.check_alive()?;
         let mut c = clients::admin(&admin_socket).await?;
-        c.get_bundle(GetBundleRequest {})
-            .await
-            .or_status("bundle")?;
+        c.get_bundle(GetBundleRequest {}).await.or_status("bundle")?;
         Ok(c)
     })
     .await?;
-    let bundle = lanyard_agent::bundle_from_proto(
-        &admin
-            .get_bundle(GetBundleRequest {})
-            .await
-            .or_status("bundle")?,
-    )?;
+    let bundle = lanyard_agent::bundle_from_proto(&admin.get_bundle(GetBundleRequest {}).await.or_status("bundle")?)?;
     let ca_pem = dir.join("ca.pem");
     std::fs::write(&ca_pem, bundle.x509_pem())?;
     println!(
@@ -153,16 +139,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
     step("Creating a one-time join token for node \"demo-node\"");
     let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            name: "demo-node".into(),
-            ttl_seconds: 600,
-        })
+        .create_join_token(CreateJoinTokenRequest { name: "demo-node".into(), ttl_seconds: 600 })
         .await
         .or_status("join token")?;
-    println!(
-        "    token for {} (single use, expires in 10m)",
-        token.spiffe_id
-    );
+    println!("    token for {} (single use, expires in 10m)", token.spiffe_id);
 
     step("Registering this process (by its uid) as a connector, and another uid that is not us");
     let uid = own_uid()?;
@@ -191,10 +171,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         })
         .await
         .or_status("create entry")?;
-    println!(
-        "    {} <- unix:uid:{uid} (entry {})",
-        ours.spiffe_id, ours.id
-    );
+    println!("    {} <- unix:uid:{uid} (entry {})", ours.spiffe_id, ours.id);
     println!("    spiffe://{TRUST_DOMAIN}/connector/someone-else <- unix:uid:{other_uid}");
 
     step("Starting the node agent; it attests with the join token");
@@ -236,22 +213,13 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             "    got {} (serial {}, expires in {}s); chain verifies against the bundle",
             info.spiffe_id,
             &info.serial[..12],
-            info.not_after
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-                .as_secs()
+            info.not_after.duration_since(std::time::SystemTime::now()).unwrap_or_default().as_secs()
         );
     }
-    if x509
-        .svids
-        .iter()
-        .any(|s| s.spiffe_id.ends_with("someone-else"))
-    {
+    if x509.svids.iter().any(|s| s.spiffe_id.ends_with("someone-else")) {
         bail!("the agent served another uid's identity to this process");
     }
-    println!(
-        "    spiffe://{TRUST_DOMAIN}/connector/someone-else was not served to us: its selector does not match"
-    );
+    println!("    spiffe://{TRUST_DOMAIN}/connector/someone-else was not served to us: its selector does not match");
 
     step("Fetching a JWT-SVID for audience \"demo-tool\" and validating it two ways");
     let mut workload = clients::workload(&agent_socket).await?;
@@ -271,14 +239,9 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         }))
         .await
         .or_status("validate JWT-SVID")?;
-    println!(
-        "    ValidateJWTSVID (agent): valid, subject {}",
-        validated.spiffe_id
-    );
-    let mut jwt_bundles = workload
-        .fetch_jwt_bundles(workload_request(JwtBundlesRequest {}))
-        .await
-        .or_status("JWT bundles")?;
+    println!("    ValidateJWTSVID (agent): valid, subject {}", validated.spiffe_id);
+    let mut jwt_bundles =
+        workload.fetch_jwt_bundles(workload_request(JwtBundlesRequest {})).await.or_status("JWT bundles")?;
     let jwks = jwt_bundles.message().await?.context("no JWT bundle")?;
     println!(
         "    JWT bundle for {} fetched ({} bytes of JWKS)",

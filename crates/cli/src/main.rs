@@ -19,10 +19,7 @@ use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lanyard: cannot start the async runtime: {e}");
@@ -42,12 +39,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Server(cli::ServerCommand::Run(args)) => run::server(args).await,
         Command::Agent(cli::AgentCommand::Run(args)) => run::agent(args).await,
-        Command::Agent(cli::AgentCommand::List { admin, output }) => {
-            admin::agent_list(admin, output).await
-        }
-        Command::Agent(cli::AgentCommand::Ban { spiffe_id, admin }) => {
-            admin::agent_ban(spiffe_id, admin).await
-        }
+        Command::Agent(cli::AgentCommand::List { admin, output }) => admin::agent_list(admin, output).await,
+        Command::Agent(cli::AgentCommand::Ban { spiffe_id, admin }) => admin::agent_ban(spiffe_id, admin).await,
         Command::Entry(cmd) => admin::entry(cmd).await,
         Command::JoinToken(cmd) => admin::join_token(cmd).await,
         Command::Bundle(cmd) => admin::bundle(cmd).await,

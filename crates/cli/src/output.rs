@@ -87,10 +87,7 @@ pub(crate) fn print_agents(agents: &[Agent], output: Output) {
             }
             for a in agents {
                 let state = if a.banned { "banned" } else { "active" };
-                println!(
-                    "{}  {state}  svid expires {}",
-                    a.spiffe_id, a.svid_expires_at
-                );
+                println!("{}  {state}  svid expires {}", a.spiffe_id, a.svid_expires_at);
             }
         }
     }

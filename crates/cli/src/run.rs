@@ -10,21 +10,19 @@ use crate::clients::socket_path;
 
 /// Logs to stderr; `LANYARD_LOG` (or `RUST_LOG`) sets the filter, default `info`.
 fn init_logging() {
-    let filter = std::env::var("LANYARD_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
+    let filter =
+        std::env::var("LANYARD_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_owned());
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 /// Resolves on SIGTERM or SIGINT.
 async fn terminated() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the process still stops on the default action.
         std::future::pending::<()>().await;
         return;
@@ -37,22 +35,12 @@ async fn terminated() {
 
 pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     init_logging();
-    let mut config = ServerConfig::new(
-        args.trust_domain,
-        args.data_dir,
-        args.admin.admin_socket,
-        args.listen,
-    );
+    let mut config = ServerConfig::new(args.trust_domain, args.data_dir, args.admin.admin_socket, args.listen);
     config.bundle_listen = args.bundle_listen;
     config.public_url = args.public_url;
     config.agent_svid_ttl = args.agent_ttl;
-    let server = Server::bind(config)
-        .await
-        .context("cannot start the server")?;
-    server
-        .serve(terminated())
-        .await
-        .context("server stopped with an error")?;
+    let server = Server::bind(config).await.context("cannot start the server")?;
+    server.serve(terminated()).await.context("server stopped with an error")?;
     Ok(())
 }
 
@@ -65,12 +53,7 @@ pub(crate) async fn agent(args: AgentRun) -> anyhow::Result<()> {
         trust_bundle: args.trust_bundle,
         socket: socket_path(&args.socket.socket)?,
     };
-    let agent = Agent::start(config)
-        .await
-        .context("cannot start the agent")?;
-    agent
-        .serve(terminated())
-        .await
-        .context("agent stopped with an error")?;
+    let agent = Agent::start(config).await.context("cannot start the agent")?;
+    agent.serve(terminated()).await.context("agent stopped with an error")?;
     Ok(())
 }

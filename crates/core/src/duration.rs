@@ -31,30 +31,20 @@ const UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1
 /// Parses `<digits><unit>` with unit `s`, `m`, `h` or `d`.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let unit = s.chars().last().ok_or(DurationError::Malformed)?;
-    let factor = UNITS
-        .iter()
-        .find(|(u, _)| *u == unit)
-        .map(|(_, f)| *f)
-        .ok_or(DurationError::Malformed)?;
+    let factor = UNITS.iter().find(|(u, _)| *u == unit).map(|(_, f)| *f).ok_or(DurationError::Malformed)?;
     let digits = &s[..s.len() - 1];
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DurationError::Malformed);
     }
     let n: u64 = digits.parse().map_err(|_| DurationError::Overflow)?;
-    n.checked_mul(factor)
-        .map(Duration::from_secs)
-        .ok_or(DurationError::Overflow)
+    n.checked_mul(factor).map(Duration::from_secs).ok_or(DurationError::Overflow)
 }
 
 /// Formats whole seconds in the largest unit that divides them exactly
 /// (`90s`, `15m`, `7d`); sub-second parts are dropped.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    let (unit, factor) = UNITS
-        .iter()
-        .find(|(_, f)| secs != 0 && secs % f == 0)
-        .copied()
-        .unwrap_or(('s', 1));
+    let (unit, factor) = UNITS.iter().find(|(_, f)| secs != 0 && secs % f == 0).copied().unwrap_or(('s', 1));
     format!("{}{unit}", secs / factor)
 }
 
@@ -73,9 +63,7 @@ impl Ttl {
         if secs < MIN_TTL.as_secs() || secs > MAX_TTL.as_secs() {
             return Err(DurationError::OutOfRange);
         }
-        u32::try_from(secs)
-            .map(Self)
-            .map_err(|_| DurationError::OutOfRange)
+        u32::try_from(secs).map(Self).map_err(|_| DurationError::OutOfRange)
     }
 
     /// The lifetime in seconds.
@@ -110,8 +98,7 @@ impl Serialize for Ttl {
 
 impl<'de> Deserialize<'de> for Ttl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Self::from_secs(u64::from(u32::deserialize(deserializer)?))
-            .map_err(serde::de::Error::custom)
+        Self::from_secs(u64::from(u32::deserialize(deserializer)?)).map_err(serde::de::Error::custom)
     }
 }
 
@@ -131,19 +118,11 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for s in [
-            "", "s", "10", "10x", "-1s", "+1s", "1.5h", " 1h", "1h ", "1h30m", "1H",
-        ] {
+        for s in ["", "s", "10", "10x", "-1s", "+1s", "1.5h", " 1h", "1h ", "1h30m", "1H"] {
             assert_eq!(parse_duration(s), Err(DurationError::Malformed), "{s:?}");
         }
-        assert_eq!(
-            parse_duration("99999999999999999999s"),
-            Err(DurationError::Overflow)
-        );
-        assert_eq!(
-            parse_duration("999999999999999999d"),
-            Err(DurationError::Overflow)
-        );
+        assert_eq!(parse_duration("99999999999999999999s"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration("999999999999999999d"), Err(DurationError::Overflow));
     }
 
     #[test]
@@ -151,10 +130,7 @@ mod tests {
         assert_eq!("9s".parse::<Ttl>(), Err(DurationError::OutOfRange));
         assert_eq!("31d".parse::<Ttl>(), Err(DurationError::OutOfRange));
         assert_eq!("10s".parse::<Ttl>().map(Ttl::as_secs), Ok(10));
-        assert_eq!(
-            "30d".parse::<Ttl>().map(|t| t.to_string()),
-            Ok("30d".to_owned())
-        );
+        assert_eq!("30d".parse::<Ttl>().map(|t| t.to_string()), Ok("30d".to_owned()));
         assert!(serde_json::from_str::<Ttl>("5").is_err());
     }
 

@@ -28,13 +28,8 @@ impl EntryId {
     pub fn parse(s: &str) -> Result<Self, EntryError> {
         let ok = !s.is_empty()
             && s.len() <= MAX_ENTRY_ID_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(EntryError::BadId)
-        }
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok { Ok(Self(s.to_owned())) } else { Err(EntryError::BadId) }
     }
 
     /// Builds the id for 128 random bits (32 lower-case hex digits).
@@ -270,35 +265,20 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut Entry)>;
         let cases: Vec<(Mutation, EntryError)> = vec![
             (Box::new(|e| e.selectors.clear()), EntryError::NoSelectors),
-            (
-                Box::new(|e| e.selectors = (0..33).map(Selector::Uid).collect()),
-                EntryError::TooManySelectors,
-            ),
+            (Box::new(|e| e.selectors = (0..33).map(Selector::Uid).collect()), EntryError::TooManySelectors),
             (
                 Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://other.org/x").unwrap()),
-                EntryError::ForeignTrustDomain(
-                    SpiffeId::parse("spiffe://other.org/x").unwrap(),
-                    td(),
-                ),
+                EntryError::ForeignTrustDomain(SpiffeId::parse("spiffe://other.org/x").unwrap(), td()),
             ),
             (
-                Box::new(|e| {
-                    e.spiffe_id = SpiffeId::parse("spiffe://example.org/agent/evil").unwrap()
-                }),
+                Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org/agent/evil").unwrap()),
                 EntryError::ReservedId(SpiffeId::parse("spiffe://example.org/agent/evil").unwrap()),
             ),
             (
-                Box::new(|e| {
-                    e.spiffe_id = SpiffeId::parse("spiffe://example.org/lanyard/server").unwrap()
-                }),
-                EntryError::ReservedId(
-                    SpiffeId::parse("spiffe://example.org/lanyard/server").unwrap(),
-                ),
+                Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org/lanyard/server").unwrap()),
+                EntryError::ReservedId(SpiffeId::parse("spiffe://example.org/lanyard/server").unwrap()),
             ),
-            (
-                Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org").unwrap()),
-                EntryError::EmptyPath,
-            ),
+            (Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org").unwrap()), EntryError::EmptyPath),
             (
                 Box::new(|e| {
                     e.parent_id = SpiffeId::parse("spiffe://example.org/alias").unwrap();
@@ -321,9 +301,7 @@ mod tests {
         assert!(EntryId::parse("a/b").is_err());
         assert!(EntryId::parse(&"a".repeat(65)).is_err());
         assert_eq!(EntryId::from_random([0xab; 16]).as_str().len(), 32);
-        for bad in [
-            "", "-a.com", "a-.com", "a..com", "a_b.com", "*.*.com", "a.com.",
-        ] {
+        for bad in ["", "-a.com", "a-.com", "a..com", "a_b.com", "*.*.com", "a.com."] {
             assert!(DnsName::parse(bad).is_err(), "{bad:?}");
         }
         assert!(DnsName::parse("*.svc.cluster.local").is_ok());

@@ -55,8 +55,6 @@ mod tests {
         let other = SpiffeId::parse("spiffe://other.org/agent/a").unwrap();
         assert_eq!(agent_name(&td, &other), None);
         assert!(is_reserved(&server_id(&td)));
-        assert!(!is_reserved(
-            &SpiffeId::parse("spiffe://example.org/agents/x").unwrap()
-        ));
+        assert!(!is_reserved(&SpiffeId::parse("spiffe://example.org/agents/x").unwrap()));
     }
 }

@@ -30,9 +30,7 @@ pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Seconds since the Unix epoch for `t`, 0 for times before it.
 pub fn unix_secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The instant `secs` seconds after the Unix epoch.

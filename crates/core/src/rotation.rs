@@ -42,23 +42,14 @@ pub fn rotation_time(not_before: SystemTime, not_after: SystemTime, jitter: Jitt
 }
 
 /// Whether a credential valid over `[not_before, not_after)` should be renewed at `now`.
-pub fn should_rotate(
-    now: SystemTime,
-    not_before: SystemTime,
-    not_after: SystemTime,
-    jitter: Jitter,
-) -> bool {
+pub fn should_rotate(now: SystemTime, not_before: SystemTime, not_after: SystemTime, jitter: Jitter) -> bool {
     now >= rotation_time(not_before, not_after, jitter)
 }
 
 /// The validity window of a credential minted at `now` for `ttl`, never
 /// outliving its issuer: notBefore backdated by [`BACKDATE`], notAfter
 /// `min(now + ttl, issuer_not_after)`.
-pub fn validity(
-    now: SystemTime,
-    ttl: Duration,
-    issuer_not_after: SystemTime,
-) -> (SystemTime, SystemTime) {
+pub fn validity(now: SystemTime, ttl: Duration, issuer_not_after: SystemTime) -> (SystemTime, SystemTime) {
     let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
     let not_after = (now + ttl).min(issuer_not_after);
     (not_before, not_after)
@@ -85,14 +76,8 @@ mod tests {
     fn jitter_stays_within_ten_percent() {
         assert_eq!(Jitter::from_random(0).fraction(), -MAX_JITTER);
         assert_eq!(Jitter::from_random(u32::MAX).fraction(), MAX_JITTER);
-        assert_eq!(
-            rotation_time(at(0), at(100), Jitter::from_random(0)),
-            at(40)
-        );
-        assert_eq!(
-            rotation_time(at(0), at(100), Jitter::from_random(u32::MAX)),
-            at(60)
-        );
+        assert_eq!(rotation_time(at(0), at(100), Jitter::from_random(0)), at(40));
+        assert_eq!(rotation_time(at(0), at(100), Jitter::from_random(u32::MAX)), at(60));
     }
 
     #[test]

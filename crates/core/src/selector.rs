@@ -78,9 +78,7 @@ impl Selector {
                 }
                 Ok(Self::Path(value.to_owned()))
             }
-            "sha256" => hex::decode_lower::<32>(value)
-                .map(Self::Sha256)
-                .ok_or(SelectorError::BadDigest),
+            "sha256" => hex::decode_lower::<32>(value).map(Self::Sha256).ok_or(SelectorError::BadDigest),
             other => Err(SelectorError::UnknownKind(other.to_owned())),
         }
     }
@@ -93,10 +91,7 @@ impl Selector {
 
 fn parse_id(value: &str, what: &'static str) -> Result<u32, SelectorError> {
     // Reject '+', leading zeros and the like so Display round-trips.
-    if value.is_empty()
-        || !value.bytes().all(|b| b.is_ascii_digit())
-        || (value.len() > 1 && value.starts_with('0'))
-    {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) || (value.len() > 1 && value.starts_with('0')) {
         return Err(SelectorError::NotANumber(what));
     }
     value.parse().map_err(|_| SelectorError::NotANumber(what))
@@ -105,14 +100,8 @@ fn parse_id(value: &str, what: &'static str) -> Result<u32, SelectorError> {
 fn parse_name(value: &str, what: &'static str) -> Result<String, SelectorError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_NAME_LEN
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ':');
-    if ok {
-        Ok(value.to_owned())
-    } else {
-        Err(SelectorError::BadName(what))
-    }
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':');
+    if ok { Ok(value.to_owned()) } else { Err(SelectorError::BadName(what)) }
 }
 
 impl fmt::Display for Selector {
@@ -214,14 +203,8 @@ mod tests {
         let s = |x: &str| Selector::parse(x).unwrap();
         let attested = [s("unix:uid:1000"), s("unix:gid:100"), s("unix:path:/bin/x")];
         assert!(all_match(&[s("unix:uid:1000")], &attested));
-        assert!(all_match(
-            &[s("unix:uid:1000"), s("unix:path:/bin/x")],
-            &attested
-        ));
-        assert!(!all_match(
-            &[s("unix:uid:1000"), s("unix:path:/bin/y")],
-            &attested
-        ));
+        assert!(all_match(&[s("unix:uid:1000"), s("unix:path:/bin/x")], &attested));
+        assert!(!all_match(&[s("unix:uid:1000"), s("unix:path:/bin/y")], &attested));
         assert!(!all_match(&[s("unix:uid:0")], &attested));
         assert!(!all_match(&[], &attested));
     }

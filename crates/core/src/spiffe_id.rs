@@ -76,10 +76,7 @@ impl TrustDomain {
 
     /// The trust domain's own SPIFFE ID, `spiffe://<name>`: the key of bundle maps.
     pub fn id(&self) -> SpiffeId {
-        SpiffeId {
-            repr: format!("{SCHEME_PREFIX}{}", self.0),
-            td_end: SCHEME_PREFIX.len() + self.0.len(),
-        }
+        SpiffeId { repr: format!("{SCHEME_PREFIX}{}", self.0), td_end: SCHEME_PREFIX.len() + self.0.len() }
     }
 }
 
@@ -123,24 +120,16 @@ impl SpiffeId {
         if s.len() > MAX_SPIFFE_ID_LEN {
             return Err(SpiffeIdError::TooLong);
         }
-        let rest = s
-            .strip_prefix(SCHEME_PREFIX)
-            .ok_or(SpiffeIdError::WrongScheme)?;
+        let rest = s.strip_prefix(SCHEME_PREFIX).ok_or(SpiffeIdError::WrongScheme)?;
         let td_len = rest.find('/').unwrap_or(rest.len());
         validate_trust_domain(&rest[..td_len])?;
         validate_path(&rest[td_len..])?;
-        Ok(Self {
-            repr: s.to_owned(),
-            td_end: SCHEME_PREFIX.len() + td_len,
-        })
+        Ok(Self { repr: s.to_owned(), td_end: SCHEME_PREFIX.len() + td_len })
     }
 
     /// Builds `spiffe://<td>/<segment>/<segment>…` from path segments, each
     /// checked as [`SpiffeId::parse`] would.
-    pub fn from_segments<S: AsRef<str>>(
-        td: &TrustDomain,
-        segments: &[S],
-    ) -> Result<Self, SpiffeIdError> {
+    pub fn from_segments<S: AsRef<str>>(td: &TrustDomain, segments: &[S]) -> Result<Self, SpiffeIdError> {
         let mut repr = td.id().repr;
         let td_end = repr.len();
         for segment in segments {
@@ -245,10 +234,7 @@ fn validate_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
     if name.len() > MAX_TRUST_DOMAIN_LEN {
         return Err(SpiffeIdError::TrustDomainTooLong);
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')) {
         return Err(SpiffeIdError::BadTrustDomainChar);
     }
     Ok(())
@@ -270,12 +256,7 @@ fn validate_segment(segment: &str) -> Result<(), SpiffeIdError> {
     match segment {
         "" => Err(SpiffeIdError::EmptySegment),
         "." | ".." => Err(SpiffeIdError::DotSegment),
-        _ if segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) =>
-        {
-            Ok(())
-        }
+        _ if segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) => Ok(()),
         _ => Err(SpiffeIdError::BadPathChar),
     }
 }
@@ -287,11 +268,7 @@ mod tests {
 
     #[test]
     fn accepts_valid_ids() {
-        for s in [
-            "spiffe://example.org",
-            "spiffe://example.org/connector/github",
-            "spiffe://a_b-c.9/x.y/Z-_/..a",
-        ] {
+        for s in ["spiffe://example.org", "spiffe://example.org/connector/github", "spiffe://a_b-c.9/x.y/Z-_/..a"] {
             let id = SpiffeId::parse(s).unwrap();
             assert_eq!(id.to_string(), s);
         }
@@ -336,10 +313,7 @@ mod tests {
     #[test]
     fn trust_domain_rules() {
         assert!(TrustDomain::new("example.org").is_ok());
-        assert_eq!(
-            TrustDomain::new("spiffe://example.org"),
-            Err(SpiffeIdError::BadTrustDomainChar)
-        );
+        assert_eq!(TrustDomain::new("spiffe://example.org"), Err(SpiffeIdError::BadTrustDomainChar));
         assert_eq!(TrustDomain::new(""), Err(SpiffeIdError::MissingTrustDomain));
         let td = TrustDomain::new("example.org").unwrap();
         assert_eq!(td.id().as_str(), "spiffe://example.org");
@@ -349,10 +323,7 @@ mod tests {
     #[test]
     fn serde_validates() {
         let id: SpiffeId = serde_json::from_str("\"spiffe://example.org/a\"").unwrap();
-        assert_eq!(
-            serde_json::to_string(&id).unwrap(),
-            "\"spiffe://example.org/a\""
-        );
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"spiffe://example.org/a\"");
         assert!(serde_json::from_str::<SpiffeId>("\"spiffe://example.org/a/\"").is_err());
     }
 

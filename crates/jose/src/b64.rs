@@ -13,7 +13,5 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn decode(text: &str) -> Result<Vec<u8>, JoseError> {
-    URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| JoseError::BadBase64)
+    URL_SAFE_NO_PAD.decode(text).map_err(|_| JoseError::BadBase64)
 }

@@ -85,12 +85,7 @@ pub struct Registered {
 /// - `nbf`: valid once `now + leeway >= nbf`, else [`JoseError::NotYetValid`];
 /// - `iat`: must satisfy `iat <= now + leeway`, else [`JoseError::IssuedInFuture`];
 /// - `aud`: must contain `expected_aud`, else [`JoseError::WrongAudience`].
-pub fn check_registered(
-    c: &Registered,
-    expected_aud: &str,
-    now_unix: u64,
-    leeway_secs: u64,
-) -> Result<(), JoseError> {
+pub fn check_registered(c: &Registered, expected_aud: &str, now_unix: u64, leeway_secs: u64) -> Result<(), JoseError> {
     let leeway = leeway_secs.min(MAX_LEEWAY_SECS);
     let late_now = now_unix.saturating_add(leeway);
     if now_unix >= c.exp.saturating_add(leeway) {

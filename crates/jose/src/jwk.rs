@@ -83,11 +83,8 @@ impl VerifyingKey {
 
 /// RFC 7518 §6.2.1.2: a coordinate is "the full size of a coordinate for the curve".
 fn coordinate(text: &str, name: &str) -> Result<[u8; COORD_LEN], JoseError> {
-    let bytes =
-        crate::b64::decode(text).map_err(|_| bad(format!("jwk {name} is not base64url")))?;
-    bytes
-        .try_into()
-        .map_err(|_| bad(format!("jwk {name} is not {COORD_LEN} bytes")))
+    let bytes = crate::b64::decode(text).map_err(|_| bad(format!("jwk {name} is not base64url")))?;
+    bytes.try_into().map_err(|_| bad(format!("jwk {name} is not {COORD_LEN} bytes")))
 }
 
 fn bad(reason: String) -> JoseError {

@@ -99,17 +99,9 @@ pub(crate) fn sign(key: &SigningKey, typ: &str, claims_json: &[u8]) -> Result<St
     }
 
     check_payload(claims_json)?;
-    let header = serde_json::to_vec(&OutHeader {
-        alg: ALG_ES256,
-        kid: key.kid(),
-        typ,
-    })
-    .map_err(|e| JoseError::BadHeader(e.to_string()))?;
-    let mut token = format!(
-        "{}.{}",
-        crate::b64::encode(&header),
-        crate::b64::encode(claims_json)
-    );
+    let header = serde_json::to_vec(&OutHeader { alg: ALG_ES256, kid: key.kid(), typ })
+        .map_err(|e| JoseError::BadHeader(e.to_string()))?;
+    let mut token = format!("{}.{}", crate::b64::encode(&header), crate::b64::encode(claims_json));
     if token.len() + 1 + SIGNATURE_B64_LEN > MAX_TOKEN_LEN {
         return Err(JoseError::Malformed);
     }
@@ -142,12 +134,7 @@ impl<'t> Segments<'t> {
         if header.is_empty() || payload.is_empty() || signature.is_empty() {
             return Err(JoseError::Malformed);
         }
-        Ok(Self {
-            header,
-            payload,
-            signature,
-            signing_input: &token[..header.len() + 1 + payload.len()],
-        })
+        Ok(Self { header, payload, signature, signing_input: &token[..header.len() + 1 + payload.len()] })
     }
 }
 
@@ -155,15 +142,13 @@ impl<'t> Segments<'t> {
 /// forged with `"alg":"none"` is reported as such.
 fn parse_header(segment: &str) -> Result<Header, JoseError> {
     let bytes = crate::b64::decode(segment)?;
-    let Members(members) = serde_json::from_slice(&bytes)
-        .map_err(|e| JoseError::BadHeader(format!("not a json object: {e}")))?;
+    let Members(members) =
+        serde_json::from_slice(&bytes).map_err(|e| JoseError::BadHeader(format!("not a json object: {e}")))?;
 
     let mut values: [Option<Value>; 3] = Default::default();
     for (name, value) in members {
         let Some(i) = HEADER_MEMBERS.iter().position(|m| *m == name) else {
-            return Err(JoseError::BadHeader(format!(
-                "member {name:?} is not allowed"
-            )));
+            return Err(JoseError::BadHeader(format!("member {name:?} is not allowed")));
         };
         if values[i].replace(value).is_some() {
             return Err(JoseError::BadHeader(format!("duplicate member {name:?}")));
@@ -196,9 +181,7 @@ fn parse_header(segment: &str) -> Result<Header, JoseError> {
 /// reader of the claims sees the same values.
 fn check_payload(bytes: &[u8]) -> Result<(), JoseError> {
     let text = std::str::from_utf8(bytes).map_err(|_| JoseError::BadPayload)?;
-    serde_json::from_str::<UniqueObject>(text)
-        .map(|_| ())
-        .map_err(|_| JoseError::BadPayload)
+    serde_json::from_str::<UniqueObject>(text).map(|_| ()).map_err(|_| JoseError::BadPayload)
 }
 
 /// A JSON object's members in order, duplicates kept (serde_json's map keeps only the

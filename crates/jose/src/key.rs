@@ -55,16 +55,10 @@ impl SigningKey {
     /// Loads a PKCS#8 (RFC 5958) DER private key; it must be a P-256 key.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, JoseError> {
         let rng = SystemRandom::new();
-        let key_pair =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
-                .map_err(|e| JoseError::BadKey(format!("not a p-256 pkcs8 private key: {e}")))?;
+        let key_pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+            .map_err(|e| JoseError::BadKey(format!("not a p-256 pkcs8 private key: {e}")))?;
         let public = VerifyingKey::from_point(key_pair.public_key().as_ref())?;
-        Ok(Self {
-            key_pair,
-            pkcs8: der.to_vec(),
-            public,
-            rng,
-        })
+        Ok(Self { key_pair, pkcs8: der.to_vec(), public, rng })
     }
 
     /// The PKCS#8 DER this key was generated as or loaded from. This is secret.
@@ -94,28 +88,20 @@ impl SigningKey {
     }
 
     /// Serializes `claims` with `serde_json`, then [`sign`](Self::sign)s them.
-    pub fn sign_claims<T: serde::Serialize>(
-        &self,
-        typ: &str,
-        claims: &T,
-    ) -> Result<String, JoseError> {
+    pub fn sign_claims<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, JoseError> {
         let json = serde_json::to_vec(claims).map_err(|_| JoseError::BadPayload)?;
         self.sign(typ, &json)
     }
 
     /// Raw ES256 signature (`r || s`) over `message`.
     pub(crate) fn sign_bytes(&self, message: &[u8]) -> Result<signature::Signature, JoseError> {
-        self.key_pair
-            .sign(&self.rng, message)
-            .map_err(|_| JoseError::Crypto)
+        self.key_pair.sign(&self.rng, message).map_err(|_| JoseError::Crypto)
     }
 }
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid())
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid()).finish_non_exhaustive()
     }
 }
 
@@ -125,9 +111,7 @@ impl VerifyingKey {
     pub fn from_spki_der(der: &[u8]) -> Result<Self, JoseError> {
         match der.strip_prefix(&SPKI_P256_PREFIX) {
             Some(point) => Self::from_point(point),
-            None => Err(JoseError::BadKey(
-                "spki is not an uncompressed p-256 ecPublicKey".into(),
-            )),
+            None => Err(JoseError::BadKey("spki is not an uncompressed p-256 ecPublicKey".into())),
         }
     }
 
@@ -162,16 +146,11 @@ impl VerifyingKey {
         let point = match <[u8; POINT_LEN]>::try_from(point) {
             Ok(p @ [0x04, ..]) => p,
             _ => {
-                return Err(JoseError::BadKey(
-                    "expected a 65-byte uncompressed p-256 point".into(),
-                ));
+                return Err(JoseError::BadKey("expected a 65-byte uncompressed p-256 point".into()));
             }
         };
         check_on_curve(&point)?;
-        Ok(Self {
-            kid: thumbprint(&point),
-            point,
-        })
+        Ok(Self { kid: thumbprint(&point), point })
     }
 
     /// The affine coordinates `(x, y)`, 32 bytes each.
@@ -185,8 +164,8 @@ impl VerifyingKey {
 /// p, point on the curve), so one throwaway agreement validates the point up front.
 fn check_on_curve(point: &[u8; POINT_LEN]) -> Result<(), JoseError> {
     let rng = SystemRandom::new();
-    let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
-        .map_err(|_| JoseError::Crypto)?;
+    let ephemeral =
+        agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).map_err(|_| JoseError::Crypto)?;
     let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
     agreement::agree_ephemeral(ephemeral, &peer, |_| ())
         .map_err(|_| JoseError::BadKey("point is not on the p-256 curve".into()))
@@ -196,10 +175,7 @@ fn check_on_curve(point: &[u8; POINT_LEN]) -> Result<(), JoseError> {
 /// no whitespace, base64url-encoded. Coordinates are base64url, so nothing needs escaping.
 fn thumbprint(point: &[u8; POINT_LEN]) -> String {
     let (x, y) = point[1..].split_at(COORD_LEN);
-    let canonical = format!(
-        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-        crate::b64::encode(x),
-        crate::b64::encode(y),
-    );
+    let canonical =
+        format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#, crate::b64::encode(x), crate::b64::encode(y),);
     crate::b64::encode(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
 }

@@ -16,20 +16,15 @@ use crate::StartError;
 /// replaced; a live one is an error.
 pub(crate) fn bind_private(path: &Path) -> Result<UnixListener, StartError> {
     let fail = |why: String| StartError::AdminSocket(path.to_path_buf(), why);
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
     remove_stale(path).map_err(fail)?;
 
     let staging = staging_dir(parent)?;
     let result = (|| {
         let tmp = staging.join("admin.sock");
         let listener = UnixListener::bind(&tmp).map_err(|e| fail(e.to_string()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| fail(e.to_string()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
         Ok(listener)
     })();
@@ -39,10 +34,7 @@ pub(crate) fn bind_private(path: &Path) -> Result<UnixListener, StartError> {
 
 fn staging_dir(parent: &Path) -> Result<PathBuf, StartError> {
     let suffix = lanyard_ca::rand::bytes::<8>().map_err(|e| StartError::Keys(e.to_string()))?;
-    let dir = parent.join(format!(
-        ".lanyard-admin-{}",
-        lanyard_core::hex::encode(&suffix)
-    ));
+    let dir = parent.join(format!(".lanyard-admin-{}", lanyard_core::hex::encode(&suffix)));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
@@ -68,7 +60,5 @@ fn remove_stale(path: &Path) -> Result<(), String> {
 /// The effective uid of this process (the owner of `/proc/self`).
 pub(crate) fn own_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
 }

@@ -35,12 +35,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults for everything but the trust domain and the paths.
-    pub fn new(
-        trust_domain: TrustDomain,
-        data_dir: PathBuf,
-        admin_socket: PathBuf,
-        listen: SocketAddr,
-    ) -> Self {
+    pub fn new(trust_domain: TrustDomain, data_dir: PathBuf, admin_socket: PathBuf, listen: SocketAddr) -> Self {
         Self {
             trust_domain,
             data_dir,

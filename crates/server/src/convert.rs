@@ -31,17 +31,11 @@ fn parse_ttl(field: &str, secs: u32, default: Ttl) -> Result<Ttl, ApiError> {
 }
 
 /// Builds an entry from a request; `id` and `revision` are the server's.
-pub(crate) fn entry_from_proto(
-    p: common::Entry,
-    id: EntryId,
-    defaults: TtlDefaults,
-) -> Result<Entry, ApiError> {
+pub(crate) fn entry_from_proto(p: common::Entry, id: EntryId, defaults: TtlDefaults) -> Result<Entry, ApiError> {
     let selectors = p
         .selectors
         .iter()
-        .map(|s| {
-            Selector::parse(s).map_err(|e| ApiError::invalid("selector", format!("{s:?}: {e}")))
-        })
+        .map(|s| Selector::parse(s).map_err(|e| ApiError::invalid("selector", format!("{s:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let dns_names = p
         .dns_names
@@ -76,9 +70,7 @@ pub(crate) fn entry_to_proto(e: &Entry) -> common::Entry {
         x509_ttl_seconds: e.x509_ttl.as_secs(),
         jwt_ttl_seconds: e.jwt_ttl.as_secs(),
         dns_names: e.dns_names.iter().map(ToString::to_string).collect(),
-        expires_at: e
-            .expires_at
-            .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+        expires_at: e.expires_at.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
         revision: e.revision,
         hint: e.hint.clone(),
     }

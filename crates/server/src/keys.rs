@@ -38,18 +38,12 @@ pub(crate) async fn load_or_create(
     let records = store.list_keys().await?;
     let now_s = unix_secs(now);
     let newest = |kind: KeyKind| {
-        records
-            .iter()
-            .filter(|r| r.kind == kind && r.not_after > now_s)
-            .max_by_key(|r| r.not_after)
-            .cloned()
+        records.iter().filter(|r| r.kind == kind && r.not_after > now_s).max_by_key(|r| r.not_after).cloned()
     };
 
     let x509 = match newest(KeyKind::X509Ca) {
         Some(r) => {
-            let cert = r
-                .cert_der
-                .ok_or_else(|| StartError::Keys("stored CA key has no certificate".into()))?;
+            let cert = r.cert_der.ok_or_else(|| StartError::Keys("stored CA key has no certificate".into()))?;
             X509Authority::from_parts(cert, &r.pkcs8)?
         }
         None => {
@@ -65,18 +59,13 @@ pub(crate) async fn load_or_create(
                 not_before: unix_secs(ca.not_before()),
                 not_after: unix_secs(ca.not_after()),
             };
-            store
-                .put_key(record, key_audit(now_s, "x509-ca", &id))
-                .await?;
+            store.put_key(record, key_audit(now_s, "x509-ca", &id)).await?;
             ca
         }
     };
 
     let (jwt, jwt_since) = match newest(KeyKind::JwtSvid) {
-        Some(r) => (
-            JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after))?,
-            r.not_before,
-        ),
+        Some(r) => (JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after))?, r.not_before),
         None => {
             let key = JwtAuthority::generate(now, jwt_ttl)?;
             let record = KeyRecord {
@@ -87,9 +76,7 @@ pub(crate) async fn load_or_create(
                 not_before: now_s,
                 not_after: unix_secs(key.not_after()),
             };
-            store
-                .put_key(record, key_audit(now_s, "jwt-svid", key.kid()))
-                .await?;
+            store.put_key(record, key_audit(now_s, "jwt-svid", key.kid())).await?;
             (key, now_s)
         }
     };
@@ -97,10 +84,7 @@ pub(crate) async fn load_or_create(
     let bundle = TrustBundle {
         trust_domain: td.clone(),
         x509_authorities: vec![x509.cert_der().to_vec()],
-        jwt_authorities: vec![JwtAuthorityKey {
-            key: jwt.verifying_key(),
-            expires_at: unix_secs(jwt.not_after()),
-        }],
+        jwt_authorities: vec![JwtAuthorityKey { key: jwt.verifying_key(), expires_at: unix_secs(jwt.not_after()) }],
         // The bundle changes only when a key is added, so the newest key's
         // start is a sequence that never goes back.
         sequence: unix_secs(x509.not_before()).max(jwt_since),

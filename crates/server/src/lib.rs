@@ -6,6 +6,7 @@
 //!   workload CSRs and JWT-SVIDs signed;
 //! - the **admin API** (gRPC on a 0600 Unix socket) for entries, join tokens,
 //!   agents and the bundle;
+//! - the **bundle endpoint** (HTTP): the SPIFFE bundle and OIDC discovery;
 //! - the audit trail: every credential and every admin change is recorded
 //!   durably before the caller hears back.
 //!
@@ -25,6 +26,7 @@
 
 mod admin;
 mod admin_socket;
+mod bundle_endpoint;
 mod config;
 mod convert;
 mod keys;
@@ -37,3 +39,6 @@ mod tls;
 
 pub use config::ServerConfig;
 pub use run::{Server, StartError};
+
+#[cfg(test)]
+mod tests;

@@ -15,5 +15,4 @@ pub(crate) const LIST_PAGE_MAX: usize = 1000;
 /// Longest a TLS handshake on the node API may take.
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest join-token lifetime.
-pub(crate) const MAX_JOIN_TOKEN_TTL: std::time::Duration =
-    std::time::Duration::from_secs(7 * 86_400);
+pub(crate) const MAX_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);

@@ -8,11 +8,10 @@ use lanyard_core::{Entry, SpiffeId, ids, unix_secs};
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
     AttestRequest, AttestResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidsRequest,
-    MintX509SvidsResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse,
-    X509SvidRequest, X509SvidResult,
+    MintX509SvidsResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse, X509SvidRequest,
+    X509SvidResult,
 };
 use lanyard_store::{AgentRecord, AuditEvent};
-use ring::digest::{SHA256, digest};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -40,25 +39,14 @@ impl NodeApi {
     /// (already chain-checked by rustls) of a known, unbanned agent, and the
     /// newest one issued to it.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentCaller, ApiError> {
-        let certs = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs)
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "an agent SVID (TLS client certificate) is required".into(),
-                )
-            })?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| ApiError::Unauthenticated("empty client certificate chain".into()))?;
-        let info =
-            svid::inspect_leaf(leaf).map_err(|e| ApiError::PermissionDenied(e.to_string()))?;
+        let certs =
+            req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(TlsConnectInfo::peer_certs).ok_or_else(
+                || ApiError::Unauthenticated("an agent SVID (TLS client certificate) is required".into()),
+            )?;
+        let leaf = certs.first().ok_or_else(|| ApiError::Unauthenticated("empty client certificate chain".into()))?;
+        let info = svid::inspect_leaf(leaf).map_err(|e| ApiError::PermissionDenied(e.to_string()))?;
         if ids::agent_name(&self.state.td, &info.spiffe_id).is_none() {
-            return Err(ApiError::PermissionDenied(format!(
-                "{} is not an agent",
-                info.spiffe_id
-            )));
+            return Err(ApiError::PermissionDenied(format!("{} is not an agent", info.spiffe_id)));
         }
         tracing::Span::current().record("caller", info.spiffe_id.as_str());
         let record = self
@@ -75,29 +63,18 @@ impl NodeApi {
                 "agent SVID has been superseded; reconnect with the newest one".into(),
             ));
         }
-        Ok(AgentCaller {
-            id: info.spiffe_id,
-            record,
-        })
+        Ok(AgentCaller { id: info.spiffe_id, record })
     }
 
     /// Signs an agent SVID for the key in `csr_der`.
-    fn sign_agent_svid(
-        &self,
-        id: &SpiffeId,
-        csr_der: &[u8],
-    ) -> Result<lanyard_ca::SignedCert, ApiError> {
+    fn sign_agent_svid(&self, id: &SpiffeId, csr_der: &[u8]) -> Result<lanyard_ca::SignedCert, ApiError> {
         let template = X509SvidTemplate {
             spiffe_id: id.clone(),
             dns_names: Vec::new(),
             ttl: self.state.config.agent_svid_ttl.as_duration(),
             public_key: csr::parse_csr(csr_der)?,
         };
-        Ok(self
-            .state
-            .keys()
-            .x509
-            .sign_svid(&template, self.state.now())?)
+        Ok(self.state.keys().x509.sign_svid(&template, self.state.now())?)
     }
 
     /// Looks up an entry the caller may serve: it exists, names the caller as
@@ -106,22 +83,14 @@ impl NodeApi {
         let id = parse_entry_id(entry_id)?;
         let entry = self.state.store.get_entry(&id).await?;
         match entry {
-            Some(e) if e.parent_id == caller.id && !e.is_expired(unix_secs(self.state.now())) => {
-                Ok(e)
-            }
+            Some(e) if e.parent_id == caller.id && !e.is_expired(unix_secs(self.state.now())) => Ok(e),
             // The same answer whether absent, someone else's or expired: an
             // agent learns nothing about entries it does not serve.
-            _ => Err(ApiError::PermissionDenied(format!(
-                "entry {id} is not served by this agent"
-            ))),
+            _ => Err(ApiError::PermissionDenied(format!("entry {id} is not served by this agent"))),
         }
     }
 
-    async fn mint_x509(
-        &self,
-        caller: &AgentCaller,
-        req: &X509SvidRequest,
-    ) -> Result<(Vec<u8>, AuditEvent), ApiError> {
+    async fn mint_x509(&self, caller: &AgentCaller, req: &X509SvidRequest) -> Result<(Vec<u8>, AuditEvent), ApiError> {
         let entry = self.served_entry(caller, &req.entry_id).await?;
         let template = X509SvidTemplate {
             spiffe_id: entry.spiffe_id.clone(),
@@ -129,11 +98,7 @@ impl NodeApi {
             ttl: entry.x509_ttl.as_duration(),
             public_key: csr::parse_csr(&req.csr)?,
         };
-        let signed = self
-            .state
-            .keys()
-            .x509
-            .sign_svid(&template, self.state.now())?;
+        let signed = self.state.keys().x509.sign_svid(&template, self.state.now())?;
         let audit = self.state.audit(
             "x509svid.mint",
             caller.id.as_str(),
@@ -152,47 +117,30 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send
 
 #[tonic::async_trait]
 impl Node for NodeApi {
-    async fn attest(
-        &self,
-        req: Request<AttestRequest>,
-    ) -> Result<Response<AttestResponse>, Status> {
+    async fn attest(&self, req: Request<AttestRequest>) -> Result<Response<AttestResponse>, Status> {
         let req = req.into_inner();
         // Check the CSR before spending the token on a request that cannot succeed.
         csr::parse_csr(&req.csr).map_err(ApiError::from)?;
         if req.join_token.is_empty() || req.join_token.len() > 256 {
             return Err(ApiError::invalid("join_token", "must be 1-256 characters").into());
         }
-        let hash: [u8; 32] = digest(&SHA256, req.join_token.as_bytes())
-            .as_ref()
-            .try_into()
-            .map_err(|_| ApiError::Internal("sha256 length".into()))?;
+        let hash = lanyard_store::hash_join_token(&req.join_token);
         let now = self.state.now();
         let consumed = self
             .state
             .store
-            .consume_join_token(
-                hash,
-                self.state
-                    .audit("jointoken.consume", "anonymous", "", serde_json::json!({})),
-            )
+            .consume_join_token(hash, self.state.audit("jointoken.consume", "anonymous", "", serde_json::json!({})))
             .await
             .map_err(ApiError::from)?;
-        let token = consumed.ok_or_else(|| {
-            ApiError::PermissionDenied("join token is unknown or already used".into())
-        })?;
+        let token =
+            consumed.ok_or_else(|| ApiError::PermissionDenied("join token is unknown or already used".into()))?;
         if unix_secs(now) >= token.expires_at {
             return Err(ApiError::PermissionDenied("join token has expired".into()).into());
         }
         let id = ids::agent_id(&self.state.td, &token.name)
             .map_err(|e| ApiError::Internal(format!("stored agent name: {e}")))?;
         tracing::Span::current().record("caller", id.as_str());
-        if let Some(existing) = self
-            .state
-            .store
-            .get_agent(&id)
-            .await
-            .map_err(ApiError::from)?
-        {
+        if let Some(existing) = self.state.store.get_agent(&id).await.map_err(ApiError::from)? {
             if existing.banned {
                 return Err(ApiError::PermissionDenied("agent is banned".into()).into());
             }
@@ -213,11 +161,7 @@ impl Node for NodeApi {
             id.as_str(),
             serde_json::json!({ "serial": signed.serial, "method": "join_token" }),
         );
-        self.state
-            .store
-            .put_agent(record, Some(audit))
-            .await
-            .map_err(ApiError::from)?;
+        self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
         tracing::info!(agent = %id, "agent attested");
         Ok(Response::new(AttestResponse {
             spiffe_id: id.to_string(),
@@ -226,10 +170,7 @@ impl Node for NodeApi {
         }))
     }
 
-    async fn renew_agent(
-        &self,
-        req: Request<RenewAgentRequest>,
-    ) -> Result<Response<RenewAgentResponse>, Status> {
+    async fn renew_agent(&self, req: Request<RenewAgentRequest>) -> Result<Response<RenewAgentResponse>, Status> {
         let caller = self.authenticate(&req).await?;
         let signed = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
         let record = AgentRecord {
@@ -244,31 +185,20 @@ impl Node for NodeApi {
             caller.id.as_str(),
             serde_json::json!({ "serial": signed.serial }),
         );
-        self.state
-            .store
-            .put_agent(record, Some(audit))
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(RenewAgentResponse {
-            svid_chain: vec![signed.der],
-        }))
+        self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
+        Ok(Response::new(RenewAgentResponse { svid_chain: vec![signed.der] }))
     }
 
     type SyncEntriesStream = SyncStream;
 
-    async fn sync_entries(
-        &self,
-        req: Request<SyncRequest>,
-    ) -> Result<Response<SyncStream>, Status> {
+    async fn sync_entries(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
         let caller = self.authenticate(&req).await?;
         let since = req.get_ref().since_revision;
         let (tx, rx) = mpsc::channel(4);
         let state = Arc::clone(&self.state);
         let span = tracing::info_span!("sync", agent = %caller.id);
         tokio::spawn(sync_loop(state, caller.id, since, tx).instrument(span));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn mint_x509_svids(
@@ -278,11 +208,7 @@ impl Node for NodeApi {
         let caller = self.authenticate(&req).await?;
         let requests = &req.get_ref().requests;
         if requests.is_empty() || requests.len() > MAX_X509_BATCH {
-            return Err(ApiError::invalid(
-                "requests",
-                format!("must hold 1-{MAX_X509_BATCH} CSRs"),
-            )
-            .into());
+            return Err(ApiError::invalid("requests", format!("must hold 1-{MAX_X509_BATCH} CSRs")).into());
         }
         let mut results = Vec::with_capacity(requests.len());
         let mut audits = Vec::new();
@@ -305,18 +231,11 @@ impl Node for NodeApi {
             }
         }
         // INVARIANT: no credential leaves before its audit record is durable.
-        self.state
-            .store
-            .append_audit_batch(audits)
-            .await
-            .map_err(ApiError::from)?;
+        self.state.store.append_audit_batch(audits).await.map_err(ApiError::from)?;
         Ok(Response::new(MintX509SvidsResponse { results }))
     }
 
-    async fn mint_jwt_svid(
-        &self,
-        req: Request<MintJwtSvidRequest>,
-    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+    async fn mint_jwt_svid(&self, req: Request<MintJwtSvidRequest>) -> Result<Response<MintJwtSvidResponse>, Status> {
         let caller = self.authenticate(&req).await?;
         let req = req.into_inner();
         let entry = self.served_entry(&caller, &req.entry_id).await?;
@@ -327,10 +246,7 @@ impl Node for NodeApi {
             issuer: self.state.config.public_url.clone(),
         };
         let keys = self.state.keys();
-        let (token, exp) = keys
-            .jwt
-            .sign_svid(&template, self.state.now())
-            .map_err(ApiError::from)?;
+        let (token, exp) = keys.jwt.sign_svid(&template, self.state.now()).map_err(ApiError::from)?;
         let audit = self.state.audit(
             "jwtsvid.mint",
             caller.id.as_str(),
@@ -342,25 +258,13 @@ impl Node for NodeApi {
                 "exp": unix_secs(exp),
             }),
         );
-        self.state
-            .store
-            .append_audit(audit)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(MintJwtSvidResponse {
-            token,
-            expires_at: secs_i64(unix_secs(exp)),
-        }))
+        self.state.store.append_audit(audit).await.map_err(ApiError::from)?;
+        Ok(Response::new(MintJwtSvidResponse { token, expires_at: secs_i64(unix_secs(exp)) }))
     }
 }
 
 /// Streams the agent's entry changes until it disconnects or is banned.
-async fn sync_loop(
-    state: Arc<State>,
-    agent: SpiffeId,
-    mut since: u64,
-    tx: mpsc::Sender<Result<SyncResponse, Status>>,
-) {
+async fn sync_loop(state: Arc<State>, agent: SpiffeId, mut since: u64, tx: mpsc::Sender<Result<SyncResponse, Status>>) {
     let mut revisions = state.store.subscribe_revision();
     let mut agent_events = state.agent_events.subscribe();
     let mut keys = state.keys.subscribe();
@@ -406,20 +310,13 @@ async fn next_sync_messages(
     }
     let changes = state.store.entry_changes(agent, since).await?;
     let bundle_changed = *sent_bundle != Some(bundle.sequence);
-    if changes.upserted.is_empty()
-        && changes.removed.is_empty()
-        && !changes.snapshot
-        && !bundle_changed
-    {
+    if changes.upserted.is_empty() && changes.removed.is_empty() && !changes.snapshot && !bundle_changed {
         return Ok((Vec::new(), changes.revision));
     }
     let mut messages: Vec<SyncResponse> = changes
         .upserted
         .chunks(SYNC_CHUNK)
-        .map(|chunk| SyncResponse {
-            upserted: chunk.iter().map(entry_to_proto).collect(),
-            ..SyncResponse::default()
-        })
+        .map(|chunk| SyncResponse { upserted: chunk.iter().map(entry_to_proto).collect(), ..SyncResponse::default() })
         .collect();
     if messages.is_empty() {
         messages.push(SyncResponse::default());

@@ -59,6 +59,7 @@ pub struct Server {
     state: Arc<State>,
     node_listener: TcpListener,
     admin_listener: UnixListener,
+    bundle_listener: Option<TcpListener>,
     server_cert: Arc<ServerCert>,
     server_cert_not_after: std::time::SystemTime,
 }
@@ -71,24 +72,25 @@ impl Server {
     }
 
     /// As [`Server::bind`], with an injected clock.
-    pub async fn bind_with_clock(
-        config: ServerConfig,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, StartError> {
+    pub async fn bind_with_clock(mut config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        if let Some(url) = &config.public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(StartError::Config(format!("--public-url {url:?} must start with http:// or https://")));
+            }
+        }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         let td = config.trust_domain.clone();
-        let keys = keys::load_or_create(
-            store.as_ref(),
-            &td,
-            clock.now(),
-            config.ca_ttl,
-            config.jwt_key_ttl,
-        )
-        .await?;
+        let keys = keys::load_or_create(store.as_ref(), &td, clock.now(), config.ca_ttl, config.jwt_key_ttl).await?;
         let (server_cert, server_cert_not_after) = ServerCert::new(&keys.x509, &td, clock.now())?;
-        let node_listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let node_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
+        let bundle_listener = match config.bundle_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?),
+            None => None,
+        };
+        if let (Some(listener), None) = (&bundle_listener, &config.public_url) {
+            let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
+            config.public_url = Some(format!("http://{addr}"));
+        }
         let admin_listener = admin_socket::bind_private(&config.admin_socket)?;
         let state = Arc::new(State {
             td,
@@ -102,6 +104,7 @@ impl Server {
             state,
             node_listener,
             admin_listener,
+            bundle_listener,
             server_cert: Arc::new(server_cert),
             server_cert_not_after,
         })
@@ -112,16 +115,18 @@ impl Server {
         self.node_listener.local_addr()
     }
 
+    /// The bundle endpoint's bound address, when it is on.
+    pub fn bundle_addr(&self) -> Result<Option<SocketAddr>, std::io::Error> {
+        self.bundle_listener.as_ref().map(TcpListener::local_addr).transpose()
+    }
+
     /// The current trust bundle as PEM, e.g. for an agent's `--trust-bundle`.
     pub fn bundle_pem(&self) -> String {
         self.state.keys().bundle.x509_pem()
     }
 
     /// Serves until `shutdown` resolves, then drains and flushes the store.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StartError> {
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -129,10 +134,8 @@ impl Server {
         let roots = self.state.keys().bundle.x509_authorities.clone();
         let tls_config = Arc::new(tls::server_config(Arc::clone(&self.server_cert), &roots)?);
 
-        let node = NodeServer::new(NodeApi {
-            state: Arc::clone(&self.state),
-        })
-        .max_decoding_message_size(NODE_MAX_MESSAGE);
+        let node =
+            NodeServer::new(NodeApi { state: Arc::clone(&self.state) }).max_decoding_message_size(NODE_MAX_MESSAGE);
         let incoming = tls_incoming(self.node_listener, TlsAcceptor::from(tls_config));
         let node_task = tokio::spawn(
             tonic::transport::Server::builder()
@@ -141,17 +144,19 @@ impl Server {
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
         );
 
-        let admin = AdminServer::new(AdminApi {
-            state: Arc::clone(&self.state),
-            server_uid: admin_socket::own_uid(),
-        })
-        .max_decoding_message_size(ADMIN_MAX_MESSAGE);
+        let admin = AdminServer::new(AdminApi { state: Arc::clone(&self.state), server_uid: admin_socket::own_uid() })
+            .max_decoding_message_size(ADMIN_MAX_MESSAGE);
         let admin_task = tokio::spawn(
             tonic::transport::Server::builder()
                 .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path(), caller = tracing::field::Empty))
                 .add_service(admin)
                 .serve_with_incoming_shutdown(UnixListenerStream::new(self.admin_listener), stopped(stop_rx.clone())),
         );
+
+        let bundle_task = self.bundle_listener.map(|listener| {
+            let app = crate::bundle_endpoint::router(Arc::clone(&self.state));
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future())
+        });
 
         let renew_task = tokio::spawn(renew_server_cert(
             Arc::clone(&self.state),
@@ -163,6 +168,7 @@ impl Server {
             trust_domain = %self.state.td,
             node_api = %self.state.config.listen,
             admin_socket = %self.state.config.admin_socket.display(),
+            bundle_endpoint = self.state.config.public_url.as_deref().unwrap_or("off"),
             "lanyard server ready"
         );
         shutdown.await;
@@ -172,11 +178,11 @@ impl Server {
         let drain = async {
             let _ = node_task.await;
             let _ = admin_task.await;
+            if let Some(task) = bundle_task {
+                let _ = task.await;
+            }
         };
-        if tokio::time::timeout(Duration::from_secs(10), drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
             tracing::warn!("connections did not drain within 10s");
         }
         self.state.store.flush().await?;
@@ -190,8 +196,7 @@ impl Server {
 fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
-{
+) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -223,17 +228,11 @@ fn tls_incoming(
 }
 
 /// Renews the server's node-API certificate at half-life.
-async fn renew_server_cert(
-    state: Arc<State>,
-    cert: Arc<ServerCert>,
-    mut not_after: std::time::SystemTime,
-) {
+async fn renew_server_cert(state: Arc<State>, cert: Arc<ServerCert>, mut not_after: std::time::SystemTime) {
     loop {
         let now = state.now();
         let remaining = not_after.duration_since(now).unwrap_or_default();
-        let wait = remaining
-            .checked_sub(SERVER_SVID_TTL / 2)
-            .unwrap_or(Duration::from_secs(1));
+        let wait = remaining.checked_sub(SERVER_SVID_TTL / 2).unwrap_or(Duration::from_secs(1));
         tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
         match cert.renew(&state.keys().x509, &state.td, state.now()) {
             Ok(t) => not_after = t,

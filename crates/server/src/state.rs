@@ -34,20 +34,11 @@ impl State {
     }
 
     pub(crate) fn ttl_defaults(&self) -> TtlDefaults {
-        TtlDefaults {
-            x509: self.config.default_x509_ttl,
-            jwt: self.config.default_jwt_ttl,
-        }
+        TtlDefaults { x509: self.config.default_x509_ttl, jwt: self.config.default_jwt_ttl }
     }
 
     /// An audit event stamped with the current time.
-    pub(crate) fn audit(
-        &self,
-        kind: &str,
-        actor: &str,
-        subject: &str,
-        detail: serde_json::Value,
-    ) -> AuditEvent {
+    pub(crate) fn audit(&self, kind: &str, actor: &str, subject: &str, detail: serde_json::Value) -> AuditEvent {
         AuditEvent {
             at: unix_secs(self.now()),
             kind: kind.to_owned(),

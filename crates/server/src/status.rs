@@ -65,9 +65,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { expected, actual } => Self::Aborted(format!(
                 "entry changed since it was read (revision {actual}, expected {expected}); read it again"
             )),
-            StoreError::AlreadyExists(what) => {
-                Self::AlreadyExists(format!("{what} already exists"))
-            }
+            StoreError::AlreadyExists(what) => Self::AlreadyExists(format!("{what} already exists")),
             other => Self::Internal(format!("store: {other}")),
         }
     }
@@ -76,9 +74,7 @@ impl From<StoreError> for ApiError {
 impl From<CaError> for ApiError {
     fn from(err: CaError) -> Self {
         match err {
-            CaError::MalformedCsr(_) | CaError::CsrSignature | CaError::UnsupportedKey => {
-                Self::invalid("csr", err)
-            }
+            CaError::MalformedCsr(_) | CaError::CsrSignature | CaError::UnsupportedKey => Self::invalid("csr", err),
             CaError::BadAudience(m) => Self::invalid("audience", m),
             other => Self::Internal(format!("ca: {other}")),
         }

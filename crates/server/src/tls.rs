@@ -34,18 +34,9 @@ impl ResolvesServerCert for ServerCert {
 }
 
 impl ServerCert {
-    pub(crate) fn new(
-        ca: &X509Authority,
-        td: &TrustDomain,
-        now: SystemTime,
-    ) -> Result<(Self, SystemTime), StartError> {
+    pub(crate) fn new(ca: &X509Authority, td: &TrustDomain, now: SystemTime) -> Result<(Self, SystemTime), StartError> {
         let (key, not_after) = mint(ca, td, now)?;
-        Ok((
-            Self {
-                current: RwLock::new(key),
-            },
-            not_after,
-        ))
+        Ok((Self { current: RwLock::new(key) }, not_after))
     }
 
     /// Mints a fresh server SVID; returns its notAfter.
@@ -63,11 +54,7 @@ impl ServerCert {
     }
 }
 
-fn mint(
-    ca: &X509Authority,
-    td: &TrustDomain,
-    now: SystemTime,
-) -> Result<(Arc<CertifiedKey>, SystemTime), StartError> {
+fn mint(ca: &X509Authority, td: &TrustDomain, now: SystemTime) -> Result<(Arc<CertifiedKey>, SystemTime), StartError> {
     let (pkcs8, request) = csr::new_key_and_csr()?;
     let template = X509SvidTemplate {
         spiffe_id: ids::server_id(td),
@@ -84,22 +71,16 @@ fn mint(
 }
 
 /// The rustls configuration of the node API for the given trust anchors.
-pub(crate) fn server_config(
-    cert: Arc<ServerCert>,
-    roots: &[Vec<u8>],
-) -> Result<rustls::ServerConfig, StartError> {
+pub(crate) fn server_config(cert: Arc<ServerCert>, roots: &[Vec<u8>]) -> Result<rustls::ServerConfig, StartError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut store = RootCertStore::empty();
     for root in roots {
-        store
-            .add(CertificateDer::from(root.clone()))
-            .map_err(|e| StartError::Keys(format!("trust anchor: {e}")))?;
+        store.add(CertificateDer::from(root.clone())).map_err(|e| StartError::Keys(format!("trust anchor: {e}")))?;
     }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| StartError::Keys(format!("client verifier: {e}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::clone(&provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| StartError::Keys(format!("client verifier: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| StartError::Keys(format!("tls: {e}")))?

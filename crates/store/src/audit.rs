@@ -152,28 +152,17 @@ pub(crate) struct ChainHead {
 
 impl ChainHead {
     /// The head of an empty log.
-    pub(crate) const GENESIS: Self = Self {
-        seq: 0,
-        hash: GENESIS_HASH,
-    };
+    pub(crate) const GENESIS: Self = Self { seq: 0, hash: GENESIS_HASH };
 
     /// The record that would follow this head.
     pub(crate) fn next(&self, event: AuditEvent) -> AuditRecord {
         let seq = self.seq + 1;
-        AuditRecord {
-            seq,
-            hash: chain_hash(&self.hash, seq, &event),
-            prev_hash: self.hash,
-            event,
-        }
+        AuditRecord { seq, hash: chain_hash(&self.hash, seq, &event), prev_hash: self.hash, event }
     }
 
     /// The head after `record`.
     pub(crate) fn after(record: &AuditRecord) -> Self {
-        Self {
-            seq: record.seq,
-            hash: record.hash,
-        }
+        Self { seq: record.seq, hash: record.hash }
     }
 }
 
@@ -186,9 +175,7 @@ pub(crate) struct ChainWalker {
 impl ChainWalker {
     /// A walker expecting record 1.
     pub(crate) fn new() -> Self {
-        Self {
-            head: ChainHead::GENESIS,
-        }
+        Self { head: ChainHead::GENESIS }
     }
 
     /// Checks the record stored under `key_seq` with raw JSON `bytes`.
@@ -196,12 +183,10 @@ impl ChainWalker {
         let want = self.head.seq + 1;
         let broken = |reason: String| StoreError::ChainBroken { seq: want, reason };
         if key_seq != want {
-            return Err(broken(format!(
-                "record {want} is missing (next is {key_seq})"
-            )));
+            return Err(broken(format!("record {want} is missing (next is {key_seq})")));
         }
-        let record: AuditRecord = serde_json::from_slice(bytes)
-            .map_err(|e| broken(format!("record does not decode: {e}")))?;
+        let record: AuditRecord =
+            serde_json::from_slice(bytes).map_err(|e| broken(format!("record does not decode: {e}")))?;
         if record.seq != want {
             return Err(broken(format!("record claims seq {}", record.seq)));
         }
@@ -224,10 +209,7 @@ impl ChainWalker {
                 reason: format!("records after {} are missing", self.head.seq),
             });
         }
-        Ok(ChainReport {
-            records: self.head.seq,
-            head: self.head.hash,
-        })
+        Ok(ChainReport { records: self.head.seq, head: self.head.hash })
     }
 }
 
@@ -280,9 +262,7 @@ mod tests {
         assert_eq!(records[1].prev_hash, records[0].hash);
         let mut walker = ChainWalker::new();
         for r in &records {
-            walker
-                .check(r.seq, &serde_json::to_vec(r).unwrap())
-                .unwrap();
+            walker.check(r.seq, &serde_json::to_vec(r).unwrap()).unwrap();
         }
         let report = walker.finish(3).unwrap();
         assert_eq!(report.records, 3);
@@ -313,10 +293,7 @@ mod tests {
     #[test]
     fn each_kind_of_tampering_is_caught() {
         let records = chain(3);
-        let bodies: Vec<Vec<u8>> = records
-            .iter()
-            .map(|r| serde_json::to_vec(r).unwrap())
-            .collect();
+        let bodies: Vec<Vec<u8>> = records.iter().map(|r| serde_json::to_vec(r).unwrap()).collect();
 
         let mut edited = records[1].clone();
         edited.event.actor = "mallory".into();

@@ -67,13 +67,8 @@ impl GroupCommit {
             flushes: AtomicU64::new(0),
         });
         let runner = Arc::clone(&commit);
-        let thread = std::thread::Builder::new()
-            .name(FLUSH_THREAD_NAME.to_owned())
-            .spawn(move || runner.run(flush))?;
-        let flusher = Flusher {
-            commit: Arc::clone(&commit),
-            thread: Some(thread),
-        };
+        let thread = std::thread::Builder::new().name(FLUSH_THREAD_NAME.to_owned()).spawn(move || runner.run(flush))?;
+        let flusher = Flusher { commit: Arc::clone(&commit), thread: Some(thread) };
         Ok((commit, flusher))
     }
 
@@ -94,15 +89,8 @@ impl GroupCommit {
     /// [`StoreError::Closed`] if it never will be.
     pub(crate) async fn wait(&self, ticket: u64) -> Result<()> {
         let mut rx = self.flushed.subscribe();
-        let state = *rx
-            .wait_for(|s| s.upto >= ticket || s.closed)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        if state.upto >= ticket {
-            Ok(())
-        } else {
-            Err(StoreError::Closed)
-        }
+        let state = *rx.wait_for(|s| s.upto >= ticket || s.closed).await.map_err(|_| StoreError::Closed)?;
+        if state.upto >= ticket { Ok(()) } else { Err(StoreError::Closed) }
     }
 
     /// Whether a flush has failed (or the store shut down).
@@ -112,11 +100,7 @@ impl GroupCommit {
 
     /// Fails with [`StoreError::Closed`] once the store is closed.
     pub(crate) fn check_open(&self) -> Result<()> {
-        if self.is_closed() {
-            Err(StoreError::Closed)
-        } else {
-            Ok(())
-        }
+        if self.is_closed() { Err(StoreError::Closed) } else { Ok(()) }
     }
 
     /// How many flushes the flusher thread has started.
@@ -155,10 +139,7 @@ impl GroupCommit {
             if *shutdown {
                 return None;
             }
-            shutdown = self
-                .wake
-                .wait(shutdown)
-                .unwrap_or_else(PoisonError::into_inner);
+            shutdown = self.wake.wait(shutdown).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -183,11 +164,7 @@ mod tests {
     fn slow_flush(ok: bool) -> impl FnMut() -> Result<()> + Send + 'static {
         move || {
             std::thread::sleep(Duration::from_millis(5));
-            if ok {
-                Ok(())
-            } else {
-                Err(StoreError::Io(std::io::Error::other("disk on fire")))
-            }
+            if ok { Ok(()) } else { Err(StoreError::Io(std::io::Error::other("disk on fire"))) }
         }
     }
 
@@ -204,10 +181,7 @@ mod tests {
             w.await.unwrap().unwrap();
         }
         let flushes = commit.flush_count();
-        assert!(
-            (1..50).contains(&flushes),
-            "{flushes} flushes for 100 writes"
-        );
+        assert!((1..50).contains(&flushes), "{flushes} flushes for 100 writes");
         assert!(!commit.is_closed());
     }
 

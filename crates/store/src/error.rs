@@ -22,9 +22,7 @@ pub enum StoreError {
     #[error("corrupt store record: {0}")]
     Corrupt(String),
     /// The store was written by a newer lanyard; opening it could lose data.
-    #[error(
-        "store schema version {found} is newer than this lanyard supports ({supported}); upgrade lanyard"
-    )]
+    #[error("store schema version {found} is newer than this lanyard supports ({supported}); upgrade lanyard")]
     NewerSchema {
         /// The version recorded in the store.
         found: u32,

@@ -41,8 +41,6 @@ mod store;
 
 pub use audit::{AuditEvent, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash};
 pub use error::{Result, StoreError};
-pub use records::{
-    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, hash_join_token,
-};
+pub use records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, hash_join_token};
 pub use sled_store::SledStore;
 pub use store::Store;

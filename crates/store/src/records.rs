@@ -80,10 +80,7 @@ impl fmt::Debug for KeyRecord {
         f.debug_struct("KeyRecord")
             .field("id", &self.id)
             .field("kind", &self.kind)
-            .field(
-                "pkcs8",
-                &format_args!("<{} bytes redacted>", self.pkcs8.len()),
-            )
+            .field("pkcs8", &format_args!("<{} bytes redacted>", self.pkcs8.len()))
             .field("cert_der", &self.cert_der.as_ref().map(Vec::len))
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
@@ -123,8 +120,7 @@ pub(crate) mod hex32 {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = String::deserialize(d)?;
-        lanyard_core::hex::decode_lower(&s)
-            .ok_or_else(|| D::Error::custom("expected 64 lower-case hex digits"))
+        lanyard_core::hex::decode_lower(&s).ok_or_else(|| D::Error::custom("expected 64 lower-case hex digits"))
     }
 }
 
@@ -155,19 +151,14 @@ pub(crate) mod base64 {
 pub(crate) mod base64_opt {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub(crate) fn serialize<S: Serializer>(
-        bytes: &Option<Vec<u8>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match bytes {
             Some(b) => s.serialize_some(&super::base64::encode(b)),
             None => s.serialize_none(),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| super::base64::decode(&s).ok_or_else(|| D::Error::custom("invalid base64")))
             .transpose()
@@ -214,10 +205,7 @@ mod tests {
         assert_eq!(json["pkcs8"], "c2VjcmV0IGtleSBieXRlcw==");
         assert_eq!(json["cert_der"], serde_json::Value::Null);
         assert_eq!(serde_json::from_value::<KeyRecord>(json).unwrap(), key);
-        let with_cert = KeyRecord {
-            cert_der: Some(vec![0x30, 0x82]),
-            ..key.clone()
-        };
+        let with_cert = KeyRecord { cert_der: Some(vec![0x30, 0x82]), ..key.clone() };
         let json = serde_json::to_string(&with_cert).unwrap();
         assert_eq!(serde_json::from_str::<KeyRecord>(&json).unwrap(), with_cert);
         let debug = format!("{key:?}");

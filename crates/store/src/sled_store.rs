@@ -100,10 +100,7 @@ impl SledStore {
             commit,
             tombstone_retention: tombstone_retention.max(1),
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-            _flusher: flusher,
-        })
+        Ok(Self { inner: Arc::new(inner), _flusher: flusher })
     }
 
     /// How many flushes (fsyncs) the store has started: diagnostics for
@@ -128,9 +125,7 @@ impl SledStore {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| {
-                StoreError::Io(std::io::Error::other(format!("store worker failed: {e}")))
-            })?
+            .map_err(|e| StoreError::Io(std::io::Error::other(format!("store worker failed: {e}"))))?
     }
 
     /// Runs a write on the blocking pool, then waits until it is durable.
@@ -216,9 +211,7 @@ fn check_schema(trees: &Trees, db: &sled::Db) -> Result<()> {
         Some(found) if found > supported => Err(StoreError::NewerSchema { found, supported }),
         Some(found) if found == supported => Ok(()),
         // Version 1 is the first; migrations from older versions go here.
-        Some(found) => Err(StoreError::Corrupt(format!(
-            "meta schema_version {found} was never written by lanyard"
-        ))),
+        Some(found) => Err(StoreError::Corrupt(format!("meta schema_version {found} was never written by lanyard"))),
         None => {
             let mut batch = layout::Batch::default();
             batch.put(TreeId::Meta, SCHEMA_KEY, &supported)?;
@@ -232,31 +225,20 @@ fn check_schema(trees: &Trees, db: &sled::Db) -> Result<()> {
 #[async_trait::async_trait]
 impl Store for SledStore {
     async fn create_entry(&self, entry: Entry, audit: AuditEvent) -> Result<Entry> {
-        let entry = self
-            .write(move |inner| inner.create_entry(entry, audit))
-            .await?;
+        let entry = self.write(move |inner| inner.create_entry(entry, audit)).await?;
         self.inner.publish_revision(entry.revision);
         Ok(entry)
     }
 
-    async fn update_entry(
-        &self,
-        entry: Entry,
-        expected_revision: u64,
-        audit: AuditEvent,
-    ) -> Result<Entry> {
-        let entry = self
-            .write(move |inner| inner.update_entry(entry, expected_revision, audit))
-            .await?;
+    async fn update_entry(&self, entry: Entry, expected_revision: u64, audit: AuditEvent) -> Result<Entry> {
+        let entry = self.write(move |inner| inner.update_entry(entry, expected_revision, audit)).await?;
         self.inner.publish_revision(entry.revision);
         Ok(entry)
     }
 
     async fn delete_entry(&self, id: &EntryId, audit: AuditEvent) -> Result<Entry> {
         let id = id.clone();
-        let (entry, revision) = self
-            .write(move |inner| inner.delete_entry(&id, audit))
-            .await?;
+        let (entry, revision) = self.write(move |inner| inner.delete_entry(&id, audit)).await?;
         self.inner.publish_revision(revision);
         Ok(entry)
     }
@@ -266,22 +248,14 @@ impl Store for SledStore {
         self.blocking(move |inner| inner.load_entry(&id)).await
     }
 
-    async fn list_entries(
-        &self,
-        filter: &EntryFilter,
-        after: Option<&EntryId>,
-        limit: usize,
-    ) -> Result<Vec<Entry>> {
+    async fn list_entries(&self, filter: &EntryFilter, after: Option<&EntryId>, limit: usize) -> Result<Vec<Entry>> {
         let (filter, after) = (filter.clone(), after.cloned());
-        self.blocking(move |inner| inner.list_entries(&filter, after.as_ref(), limit))
-            .await
+        self.blocking(move |inner| inner.list_entries(&filter, after.as_ref(), limit)).await
     }
 
     async fn entry_changes(&self, parent: &SpiffeId, since: u64) -> Result<EntryChanges> {
         let parent = parent.clone();
-        let changes = self
-            .blocking(move |inner| inner.entry_changes(&parent, since))
-            .await?;
+        let changes = self.blocking(move |inner| inner.entry_changes(&parent, since)).await?;
         // The answer may include writes applied but not yet flushed: answer
         // only once they are durable, so an agent never holds a version
         // the store could lose.
@@ -300,34 +274,21 @@ impl Store for SledStore {
         self.inner.revision.subscribe()
     }
 
-    async fn create_join_token(
-        &self,
-        token_hash: [u8; 32],
-        record: JoinTokenRecord,
-        audit: AuditEvent,
-    ) -> Result<()> {
-        self.write(move |inner| inner.create_join_token(token_hash, &record, audit))
-            .await
+    async fn create_join_token(&self, token_hash: [u8; 32], record: JoinTokenRecord, audit: AuditEvent) -> Result<()> {
+        self.write(move |inner| inner.create_join_token(token_hash, &record, audit)).await
     }
 
-    async fn consume_join_token(
-        &self,
-        token_hash: [u8; 32],
-        audit: AuditEvent,
-    ) -> Result<Option<JoinTokenRecord>> {
-        self.write(move |inner| inner.consume_join_token(token_hash, audit))
-            .await
+    async fn consume_join_token(&self, token_hash: [u8; 32], audit: AuditEvent) -> Result<Option<JoinTokenRecord>> {
+        self.write(move |inner| inner.consume_join_token(token_hash, audit)).await
     }
 
     async fn put_agent(&self, agent: AgentRecord, audit: Option<AuditEvent>) -> Result<()> {
-        self.write(move |inner| inner.put_agent(&agent, audit))
-            .await
+        self.write(move |inner| inner.put_agent(&agent, audit)).await
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>> {
         let key = id.as_str().to_owned();
-        self.blocking(move |inner| inner.trees.read(TreeId::Agents, key))
-            .await
+        self.blocking(move |inner| inner.trees.read(TreeId::Agents, key)).await
     }
 
     async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
@@ -355,13 +316,11 @@ impl Store for SledStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |inner| inner.append_audit_batch(events))
-            .await
+        self.write(move |inner| inner.append_audit_batch(events)).await
     }
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        self.blocking(move |inner| inner.audit_range(from, limit))
-            .await
+        self.blocking(move |inner| inner.audit_range(from, limit)).await
     }
 
     async fn verify_audit_chain(&self) -> Result<ChainReport> {

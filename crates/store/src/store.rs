@@ -25,12 +25,7 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the entry with `entry.id` if its stored revision is
     /// `expected_revision` (else `Conflict`; `NotFound` if absent), with a new
     /// global revision; atomic with `audit`; returns once durable.
-    async fn update_entry(
-        &self,
-        entry: Entry,
-        expected_revision: u64,
-        audit: AuditEvent,
-    ) -> Result<Entry>;
+    async fn update_entry(&self, entry: Entry, expected_revision: u64, audit: AuditEvent) -> Result<Entry>;
 
     /// Deletes an entry (`NotFound` if absent) and leaves a tombstone so that
     /// agents syncing incrementally learn of it; atomic with `audit`; returns
@@ -41,12 +36,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_entry(&self, id: &EntryId) -> Result<Option<Entry>>;
 
     /// Entries matching `filter`, ordered by id, starting after `after`, at most `limit`.
-    async fn list_entries(
-        &self,
-        filter: &EntryFilter,
-        after: Option<&EntryId>,
-        limit: usize,
-    ) -> Result<Vec<Entry>>;
+    async fn list_entries(&self, filter: &EntryFilter, after: Option<&EntryId>, limit: usize) -> Result<Vec<Entry>>;
 
     /// Entries of `parent` that changed after revision `since` (upserted), or
     /// that left `parent` after it (removed: deleted, or re-parented).
@@ -68,22 +58,13 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a join token under the SHA-256 of its secret
     /// ([`hash_join_token`](crate::hash_join_token)); `AlreadyExists` if that
     /// hash is stored; durable with its audit record.
-    async fn create_join_token(
-        &self,
-        token_hash: [u8; 32],
-        record: JoinTokenRecord,
-        audit: AuditEvent,
-    ) -> Result<()>;
+    async fn create_join_token(&self, token_hash: [u8; 32], record: JoinTokenRecord, audit: AuditEvent) -> Result<()>;
 
     /// Removes and returns the token's record, durably and with its audit
     /// record, before returning: a token can never be used twice, even across
     /// a crash. `None` (and no audit record) if unknown or already used.
     /// Expiry is the caller's check.
-    async fn consume_join_token(
-        &self,
-        token_hash: [u8; 32],
-        audit: AuditEvent,
-    ) -> Result<Option<JoinTokenRecord>>;
+    async fn consume_join_token(&self, token_hash: [u8; 32], audit: AuditEvent) -> Result<Option<JoinTokenRecord>>;
 
     /// Inserts or replaces an agent, with an audit record when given; durable.
     async fn put_agent(&self, agent: AgentRecord, audit: Option<AuditEvent>) -> Result<()>;

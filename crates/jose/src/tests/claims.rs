@@ -32,10 +32,7 @@ fn expiry_with_leeway_edge() {
     let c = registered();
     assert_eq!(check(&c, c.exp + LEEWAY - 1), Ok(()));
     assert_eq!(check(&c, c.exp + LEEWAY), Err(JoseError::Expired));
-    assert_eq!(
-        check_registered(&c, "db", c.exp, 0),
-        Err(JoseError::Expired)
-    );
+    assert_eq!(check_registered(&c, "db", c.exp, 0), Err(JoseError::Expired));
     assert_eq!(check_registered(&c, "db", c.exp - 1, 0), Ok(()));
 }
 
@@ -43,10 +40,7 @@ fn expiry_with_leeway_edge() {
 fn leeway_is_bounded() {
     let c = registered();
     let late = c.exp + MAX_LEEWAY_SECS;
-    assert_eq!(
-        check_registered(&c, "db", late, u64::MAX),
-        Err(JoseError::Expired)
-    );
+    assert_eq!(check_registered(&c, "db", late, u64::MAX), Err(JoseError::Expired));
     assert_eq!(check_registered(&c, "db", late - 1, u64::MAX), Ok(()));
 }
 
@@ -72,18 +66,9 @@ fn issued_in_future() {
 #[test]
 fn wrong_audience() {
     let c = registered();
-    assert_eq!(
-        check_registered(&c, "other", NOW, LEEWAY),
-        Err(JoseError::WrongAudience)
-    );
-    assert_eq!(
-        check_registered(&c, "DB", NOW, LEEWAY),
-        Err(JoseError::WrongAudience)
-    );
-    assert_eq!(
-        check_registered(&c, "", NOW, LEEWAY),
-        Err(JoseError::WrongAudience)
-    );
+    assert_eq!(check_registered(&c, "other", NOW, LEEWAY), Err(JoseError::WrongAudience));
+    assert_eq!(check_registered(&c, "DB", NOW, LEEWAY), Err(JoseError::WrongAudience));
+    assert_eq!(check_registered(&c, "", NOW, LEEWAY), Err(JoseError::WrongAudience));
     let mut empty = registered();
     empty.aud = Audience::Many(vec![]);
     assert_eq!(check(&empty, NOW), Err(JoseError::WrongAudience));
@@ -103,16 +88,12 @@ fn audience_array() {
 
 #[test]
 fn json_forms() {
-    let one: Registered =
-        serde_json::from_str(r#"{"sub":"s","aud":"db","exp":5,"extra":{}}"#).unwrap();
+    let one: Registered = serde_json::from_str(r#"{"sub":"s","aud":"db","exp":5,"extra":{}}"#).unwrap();
     assert_eq!(one.aud, Audience::One("db".into()));
     assert_eq!(one.iat, None);
     let many: Registered = serde_json::from_str(r#"{"sub":"s","aud":["a","b"],"exp":5}"#).unwrap();
     assert_eq!(many.aud, Audience::Many(vec!["a".into(), "b".into()]));
-    assert_eq!(
-        serde_json::to_string(&one).unwrap(),
-        r#"{"sub":"s","aud":"db","exp":5}"#
-    );
+    assert_eq!(serde_json::to_string(&one).unwrap(), r#"{"sub":"s","aud":"db","exp":5}"#);
 }
 
 #[test]

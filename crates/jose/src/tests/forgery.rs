@@ -17,10 +17,7 @@ fn alg_none_without_signature() {
     let token = format!("{}.{}.", b64(header_with_alg("none")), b64(CLAIMS));
     assert_eq!(check(&token), Err(JoseError::Malformed));
     let with_junk = format!("{token}AAAA");
-    assert_eq!(
-        check(&with_junk),
-        Err(JoseError::UnsupportedAlg("none".into()))
-    );
+    assert_eq!(check(&with_junk), Err(JoseError::UnsupportedAlg("none".into())));
 }
 
 #[test]
@@ -28,45 +25,26 @@ fn alg_none_with_valid_signature() {
     let token = forge(key(), &header_with_alg("none"), CLAIMS);
     assert_eq!(check(&token), Err(JoseError::UnsupportedAlg("none".into())));
     let no_kid = forge(key(), r#"{"alg":"none"}"#, CLAIMS);
-    assert_eq!(
-        check(&no_kid),
-        Err(JoseError::UnsupportedAlg("none".into()))
-    );
+    assert_eq!(check(&no_kid), Err(JoseError::UnsupportedAlg("none".into())));
 }
 
 #[test]
 fn hs256_keyed_with_the_public_key() {
     let public = key().verifying_key();
     let jwk_json = serde_json::to_vec(&public.to_jwk(None)).unwrap();
-    for secret in [
-        public.spki_der(),
-        jwk_json,
-        public.kid().as_bytes().to_vec(),
-    ] {
+    for secret in [public.spki_der(), jwk_json, public.kid().as_bytes().to_vec()] {
         let input = format!("{}.{}", b64(header_with_alg("HS256")), b64(CLAIMS));
-        let mac = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, &secret),
-            input.as_bytes(),
-        );
+        let mac = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), input.as_bytes());
         let token = format!("{input}.{}", b64(mac.as_ref()));
-        assert_eq!(
-            check(&token),
-            Err(JoseError::UnsupportedAlg("HS256".into()))
-        );
+        assert_eq!(check(&token), Err(JoseError::UnsupportedAlg("HS256".into())));
     }
 }
 
 #[test]
 fn any_alg_but_exact_es256() {
-    for alg in [
-        "ES384", "ES512", "es256", "Es256", "ES256 ", " ES256", "RS256", "PS256", "EdDSA", "",
-    ] {
+    for alg in ["ES384", "ES512", "es256", "Es256", "ES256 ", " ES256", "RS256", "PS256", "EdDSA", ""] {
         let token = forge(key(), &header_with_alg(alg), CLAIMS);
-        assert_eq!(
-            check(&token),
-            Err(JoseError::UnsupportedAlg(alg.into())),
-            "{alg:?}"
-        );
+        assert_eq!(check(&token), Err(JoseError::UnsupportedAlg(alg.into())), "{alg:?}");
     }
     let not_string = format!(r#"{{"alg":["ES256"],"kid":"{}"}}"#, key().kid());
     assert!(bad_header(&forge(key(), &not_string, CLAIMS)));
@@ -122,25 +100,14 @@ fn missing_or_empty_kid() {
     assert_eq!(check(&token), Err(JoseError::MissingKid));
     let token = forge(key(), r#"{"alg":"ES256","kid":"","typ":"JWT"}"#, CLAIMS);
     assert_eq!(check(&token), Err(JoseError::MissingKid));
-    assert!(bad_header(&forge(
-        key(),
-        r#"{"alg":"ES256","kid":7}"#,
-        CLAIMS
-    )));
-    assert!(bad_header(&forge(
-        key(),
-        r#"{"alg":"ES256","kid":null}"#,
-        CLAIMS
-    )));
+    assert!(bad_header(&forge(key(), r#"{"alg":"ES256","kid":7}"#, CLAIMS)));
+    assert!(bad_header(&forge(key(), r#"{"alg":"ES256","kid":null}"#, CLAIMS)));
 }
 
 #[test]
 fn unknown_kid() {
     let token = other_key().sign("JWT", CLAIMS).unwrap();
-    assert_eq!(
-        check(&token),
-        Err(JoseError::UnknownKid(other_key().kid().into()))
-    );
+    assert_eq!(check(&token), Err(JoseError::UnknownKid(other_key().kid().into())));
 }
 
 #[test]
@@ -174,12 +141,7 @@ fn signature_of_wrong_length() {
     long.push(0);
     for bytes in [&sig[..63], &sig[..32], &sig[..1], &long[..]] {
         let token = format!("{h}.{p}.{}", b64(bytes));
-        assert_eq!(
-            check(&token),
-            Err(JoseError::BadSignature),
-            "{} bytes",
-            bytes.len()
-        );
+        assert_eq!(check(&token), Err(JoseError::BadSignature), "{} bytes", bytes.len());
     }
     // Dropping one character leaves a length no base64 has.
     let chopped = format!("{h}.{p}.{}", &s[..s.len() - 1]);
@@ -201,10 +163,7 @@ fn payload_modified_after_signing() {
 fn header_modified_after_signing() {
     let token = key().sign("JWT", CLAIMS).unwrap();
     let [_, p, s] = segments(&token);
-    let header = format!(
-        r#"{{"alg":"ES256","kid":"{}","typ":"secevent+jwt"}}"#,
-        key().kid()
-    );
+    let header = format!(r#"{{"alg":"ES256","kid":"{}","typ":"secevent+jwt"}}"#, key().kid());
     let token = format!("{}.{p}.{s}", b64(header));
     assert_eq!(check(&token), Err(JoseError::BadSignature));
 }
@@ -216,10 +175,7 @@ fn padding_in_any_segment() {
     assert_eq!(check(&format!("{h}=.{p}.{s}")), Err(JoseError::BadBase64));
     assert_eq!(check(&format!("{h}.{p}.{s}==")), Err(JoseError::BadBase64));
     // Signed over the padded payload, so only the encoding is at fault.
-    assert_eq!(
-        check(&sign_segments(key(), &h, &format!("{p}="))),
-        Err(JoseError::BadBase64)
-    );
+    assert_eq!(check(&sign_segments(key(), &h, &format!("{p}="))), Err(JoseError::BadBase64));
 }
 
 #[test]
@@ -232,10 +188,7 @@ fn standard_base64_alphabet() {
         }
     };
     let std_sig = s.replace('-', "+").replace('_', "/");
-    assert_eq!(
-        check(&format!("{h}.{p}.{std_sig}")),
-        Err(JoseError::BadBase64)
-    );
+    assert_eq!(check(&format!("{h}.{p}.{std_sig}")), Err(JoseError::BadBase64));
 
     // Header and payload encoded with the standard alphabet, yet validly signed.
     let odd = br#"{"p":"???>>>~~~???>>>~~~"}"#;
@@ -243,16 +196,10 @@ fn standard_base64_alphabet() {
     assert!(std_payload.contains(['+', '/']));
     let token = sign_segments(key(), &h, &std_payload);
     assert_eq!(check(&token), Err(JoseError::BadBase64));
-    let header = format!(
-        r#"{{"alg":"ES256","kid":"{}","typ":"???>>>~~~???>>>"}}"#,
-        key().kid()
-    );
+    let header = format!(r#"{{"alg":"ES256","kid":"{}","typ":"???>>>~~~???>>>"}}"#, key().kid());
     let std_header = STANDARD_NO_PAD.encode(&header);
     assert!(std_header.contains(['+', '/']));
-    assert_eq!(
-        check(&sign_segments(key(), &std_header, &p)),
-        Err(JoseError::BadBase64)
-    );
+    assert_eq!(check(&sign_segments(key(), &std_header, &p)), Err(JoseError::BadBase64));
 }
 
 #[test]
@@ -310,26 +257,11 @@ fn payload_not_a_json_object() {
 fn typ_not_allowed() {
     let token = key().sign("JWT", CLAIMS).unwrap();
     for allowed in [&["secevent+jwt"][..], &["jwt"], &["JWT "], &[]] {
-        assert_eq!(
-            verify(&token, Some(allowed), find),
-            Err(JoseError::WrongTyp),
-            "{allowed:?}"
-        );
+        assert_eq!(verify(&token, Some(allowed), find), Err(JoseError::WrongTyp), "{allowed:?}");
     }
-    let untyped = forge(
-        key(),
-        &format!(r#"{{"alg":"ES256","kid":"{}"}}"#, key().kid()),
-        CLAIMS,
-    );
-    assert_eq!(
-        verify(&untyped, Some(&["JWT"]), find),
-        Err(JoseError::WrongTyp)
-    );
-    assert!(bad_header(&forge(
-        key(),
-        &format!(r#"{{"alg":"ES256","kid":"{}","typ":1}}"#, key().kid()),
-        CLAIMS
-    )));
+    let untyped = forge(key(), &format!(r#"{{"alg":"ES256","kid":"{}"}}"#, key().kid()), CLAIMS);
+    assert_eq!(verify(&untyped, Some(&["JWT"]), find), Err(JoseError::WrongTyp));
+    assert!(bad_header(&forge(key(), &format!(r#"{{"alg":"ES256","kid":"{}","typ":1}}"#, key().kid()), CLAIMS)));
     assert!(verify(&token, Some(&["secevent+jwt", "JWT"]), find).is_ok());
 }
 
@@ -339,10 +271,7 @@ fn swapped_segments() {
     let [h, p, s] = segments(&token);
     assert!(bad_header(&format!("{p}.{h}.{s}")));
     assert_eq!(check(&format!("{h}.{s}.{p}")), Err(JoseError::BadSignature));
-    assert!(matches!(
-        check(&format!("{s}.{p}.{h}")),
-        Err(JoseError::BadHeader(_))
-    ));
+    assert!(matches!(check(&format!("{s}.{p}.{h}")), Err(JoseError::BadHeader(_))));
 }
 
 #[test]

@@ -9,8 +9,7 @@ use crate::{Jwk, Jwks};
 const A3_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
 const A3_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
 const A3_INPUT: &str = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
-const A3_SIG: &str =
-    "DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+const A3_SIG: &str = "DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
 
 /// Made with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` then
 /// `openssl pkcs8 -topk8 -nocrypt`, and `openssl pkey -pubout` for the SPKI.
@@ -20,15 +19,7 @@ const OPENSSL_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE4FAlutrL0IIkToOm
 const OPENSSL_P384_PKCS8: &str = "MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDCLTc0872yxfgAH8QcCnmXmI6qMjIq6x2Pf3wH0YkKZCMRjvLGnziR5N5DlFkuxslChZANiAASn6u37wIqeOawmpuY0oq+tyVFtFHJVg9J3AxI8GtISBYSr2JQ/EF2kRq0/DK+CiTzEa3L7m6Mi6VvSEistr+AjHKrrU/yW/Mlg4kZtmXVK76lYCRQ9gcK18DMTjxeW4Uk=";
 
 fn a3_jwk() -> Jwk {
-    Jwk {
-        kty: "EC".into(),
-        crv: "P-256".into(),
-        x: A3_X.into(),
-        y: A3_Y.into(),
-        kid: None,
-        use_: None,
-        alg: None,
-    }
+    Jwk { kty: "EC".into(), crv: "P-256".into(), x: A3_X.into(), y: A3_Y.into(), kid: None, use_: None, alg: None }
 }
 
 fn is_bad_key<T: std::fmt::Debug>(result: Result<T, JoseError>) -> bool {
@@ -38,10 +29,7 @@ fn is_bad_key<T: std::fmt::Debug>(result: Result<T, JoseError>) -> bool {
 #[test]
 fn kid_is_the_rfc7638_thumbprint() {
     let jwk = key().verifying_key().to_jwk(None);
-    let canonical = format!(
-        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-        jwk.x, jwk.y
-    );
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#, jwk.x, jwk.y);
     let expected = b64(digest::digest(&digest::SHA256, canonical.as_bytes()));
     assert_eq!(key().kid(), expected);
     assert_eq!(key().kid().len(), 43);
@@ -68,14 +56,10 @@ fn openssl_keys_load_and_match() {
 
 #[test]
 fn pkcs8_must_be_p256() {
-    assert!(is_bad_key(SigningKey::from_pkcs8(&base64_std(
-        OPENSSL_P384_PKCS8
-    ))));
+    assert!(is_bad_key(SigningKey::from_pkcs8(&base64_std(OPENSSL_P384_PKCS8))));
     assert!(is_bad_key(SigningKey::from_pkcs8(b"")));
     assert!(is_bad_key(SigningKey::from_pkcs8(&key().pkcs8_der()[1..])));
-    assert!(is_bad_key(SigningKey::from_pkcs8(&base64_std(
-        OPENSSL_SPKI
-    ))));
+    assert!(is_bad_key(SigningKey::from_pkcs8(&base64_std(OPENSSL_SPKI))));
 }
 
 #[test]
@@ -100,14 +84,7 @@ fn spki_refused_unless_uncompressed_p256() {
     compressed.extend_from_slice(&der[27..59]);
     let mut off_curve = der.clone();
     off_curve[90] ^= 1;
-    for bad in [
-        &der[..90],
-        &longer,
-        &p384_oid,
-        &compressed,
-        &off_curve,
-        &[][..],
-    ] {
+    for bad in [&der[..90], &longer, &p384_oid, &compressed, &off_curve, &[][..]] {
         assert!(is_bad_key(VerifyingKey::from_spki_der(bad)), "{bad:02x?}");
     }
 }
@@ -140,10 +117,7 @@ fn jwk_kid_is_taken_when_present() {
     jwk.kid = Some("e9bc097a-ce51-4036-9562-d2ade882db0d".into());
     let named = VerifyingKey::from_jwk(&jwk).unwrap();
     assert_eq!(named.kid(), "e9bc097a-ce51-4036-9562-d2ade882db0d");
-    assert_eq!(
-        named,
-        thumb.with_kid("e9bc097a-ce51-4036-9562-d2ade882db0d".into())
-    );
+    assert_eq!(named, thumb.with_kid("e9bc097a-ce51-4036-9562-d2ade882db0d".into()));
 }
 
 #[test]
@@ -152,14 +126,8 @@ fn rfc7515_a3_signature_verifies() {
     let sig = crate::b64::decode(A3_SIG).unwrap();
     assert_eq!(vk.verify_signature(A3_INPUT.as_bytes(), &sig), Ok(()));
     let tampered = A3_INPUT.replace('J', "K");
-    assert_eq!(
-        vk.verify_signature(tampered.as_bytes(), &sig),
-        Err(JoseError::BadSignature)
-    );
-    assert_eq!(
-        vk.verify_signature(A3_INPUT.as_bytes(), &sig[..63]),
-        Err(JoseError::BadSignature)
-    );
+    assert_eq!(vk.verify_signature(tampered.as_bytes(), &sig), Err(JoseError::BadSignature));
+    assert_eq!(vk.verify_signature(A3_INPUT.as_bytes(), &sig[..63]), Err(JoseError::BadSignature));
 }
 
 #[test]
@@ -185,14 +153,8 @@ fn jwk_refusals() {
         ("x padded", spoil(&|j| j.x.push('='))),
         ("x standard", spoil(&|j| j.x = j.x.replace('f', "+"))),
         ("y off curve", spoil(&|j| j.y = y_plus_one.clone())),
-        (
-            "x y past p",
-            spoil(&|j| (j.x, j.y) = (p.clone(), p.clone())),
-        ),
-        (
-            "zero point",
-            spoil(&|j| (j.x, j.y) = (b64([0; 32]), b64([0; 32]))),
-        ),
+        ("x y past p", spoil(&|j| (j.x, j.y) = (p.clone(), p.clone()))),
+        ("zero point", spoil(&|j| (j.x, j.y) = (b64([0; 32]), b64([0; 32])))),
         ("alg RS256", spoil(&|j| j.alg = Some("RS256".into()))),
         ("alg ES384", spoil(&|j| j.alg = Some("ES384".into()))),
         ("empty kid", spoil(&|j| j.kid = Some(String::new()))),
@@ -219,8 +181,5 @@ fn jwks_ignores_unknown_members_and_tolerates_other_key_types() {
     assert!(is_bad_key(VerifyingKey::from_jwk(&set.keys[1])));
     let dup = format!(r#"{{"kty":"EC","crv":"P-256","x":"{A3_X}","x":"{A3_X}","y":"{A3_Y}"}}"#);
     assert!(serde_json::from_str::<Jwk>(&dup).is_err());
-    assert_eq!(
-        serde_json::from_str::<Jwks>(r#"{"keys":[]}"#).unwrap(),
-        Jwks::default()
-    );
+    assert_eq!(serde_json::from_str::<Jwks>(r#"{"keys":[]}"#).unwrap(), Jwks::default());
 }

@@ -66,7 +66,5 @@ fn segments(token: &str) -> [String; 3] {
 /// Decodes standard, padded base64 (as `openssl` and `base64` print it).
 fn base64_std(text: &str) -> Vec<u8> {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .unwrap()
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
 }

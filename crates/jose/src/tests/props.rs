@@ -18,8 +18,7 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-            prop::collection::btree_map(".*", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(".*", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -47,10 +46,7 @@ fn header_text() -> impl Strategy<Value = String> {
         1 => "[a-z]{0,5}".prop_map(|s| format!("\"{s}\"")),
     ];
     prop::collection::vec((name, value), 0..5).prop_map(|members| {
-        let body: Vec<String> = members
-            .iter()
-            .map(|(n, v)| format!("\"{n}\":{v}"))
-            .collect();
+        let body: Vec<String> = members.iter().map(|(n, v)| format!("\"{n}\":{v}")).collect();
         format!("{{{}}}", body.join(","))
     })
 }

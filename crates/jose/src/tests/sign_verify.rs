@@ -7,11 +7,7 @@ use crate::{Header, decode_header, verify};
 fn sign_then_verify_round_trips() {
     let token = key().sign("JWT", CLAIMS).unwrap();
     let verified = verify(&token, Some(&["JWT"]), find).unwrap();
-    let header = Header {
-        alg: "ES256".into(),
-        kid: key().kid().into(),
-        typ: Some("JWT".into()),
-    };
+    let header = Header { alg: "ES256".into(), kid: key().kid().into(), typ: Some("JWT".into()) };
     assert_eq!(verified.header, header);
     assert_eq!(verified.claims, CLAIMS);
     assert_eq!(decode_header(&token).unwrap(), header);
@@ -21,10 +17,7 @@ fn sign_then_verify_round_trips() {
 fn header_is_exactly_alg_kid_typ_in_order() {
     let token = key().sign("secevent+jwt", CLAIMS).unwrap();
     let [header, payload, sig] = segments(&token);
-    let expected = format!(
-        r#"{{"alg":"ES256","kid":"{}","typ":"secevent+jwt"}}"#,
-        key().kid()
-    );
+    let expected = format!(r#"{{"alg":"ES256","kid":"{}","typ":"secevent+jwt"}}"#, key().kid());
     assert_eq!(header, b64(expected));
     assert_eq!(payload, b64(CLAIMS));
     assert_eq!(sig.len(), 86);
@@ -40,20 +33,13 @@ fn sign_claims_serializes_with_serde_json() {
 
 #[test]
 fn typ_is_optional_when_not_restricted() {
-    let token = forge(
-        key(),
-        &format!(r#"{{"alg":"ES256","kid":"{}"}}"#, key().kid()),
-        CLAIMS,
-    );
+    let token = forge(key(), &format!(r#"{{"alg":"ES256","kid":"{}"}}"#, key().kid()), CLAIMS);
     assert_eq!(check(&token).unwrap().header.typ, None);
 }
 
 #[test]
 fn whitespace_in_header_json_is_fine() {
-    let header = format!(
-        " {{ \"kid\" : \"{}\" ,\n \"alg\":\"ES256\" }} ",
-        key().kid()
-    );
+    let header = format!(" {{ \"kid\" : \"{}\" ,\n \"alg\":\"ES256\" }} ", key().kid());
     assert!(check(&forge(key(), &header, CLAIMS)).is_ok());
 }
 
@@ -74,14 +60,8 @@ fn token_made_by_openssl_verifies() {
     let vk = VerifyingKey::from_spki_der(&spki).unwrap();
     assert_eq!(vk.kid(), "Rqgy1Iazcp7QZoDDiE1erXaT05Z7Tep5lDaNCmzseRI");
     let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6IlJxZ3kxSWF6Y3A3UVpvRERpRTFlclhhVDA1WjdUZXA1bERhTkNtenNlUkkiLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJzcGlmZmU6Ly9leGFtcGxlLm9yZy9vcGVuc3NsIiwiYXVkIjoiZGIiLCJleHAiOjIwMDAwMDAwMDB9.2p6CtxJ5bwdNmB8iuJ3IE9fUv2uE1aobqLxYDOnHPp-SLJvK971kSY9_MFlbjHLCSRhpuuEhkbfpsovqlXwlVA";
-    let verified = verify(token, Some(&["JWT"]), |kid| {
-        (kid == vk.kid()).then_some(&vk)
-    })
-    .unwrap();
-    assert_eq!(
-        verified.claims,
-        br#"{"sub":"spiffe://example.org/openssl","aud":"db","exp":2000000000}"#
-    );
+    let verified = verify(token, Some(&["JWT"]), |kid| (kid == vk.kid()).then_some(&vk)).unwrap();
+    assert_eq!(verified.claims, br#"{"sub":"spiffe://example.org/openssl","aud":"db","exp":2000000000}"#);
 }
 
 #[test]
@@ -104,17 +84,11 @@ fn longest_signable_token_verifies_and_one_more_byte_is_refused() {
     assert!(last.len() <= crate::MAX_TOKEN_LEN);
     assert!(last.len() > crate::MAX_TOKEN_LEN - 4);
     assert!(check(&last).is_ok());
-    assert_eq!(
-        key().sign("JWT", payload(n + 1).as_bytes()),
-        Err(JoseError::Malformed)
-    );
+    assert_eq!(key().sign("JWT", payload(n + 1).as_bytes()), Err(JoseError::Malformed));
 }
 
 #[test]
 fn debug_shows_only_the_kid() {
     let shown = format!("{:?}", key());
-    assert_eq!(
-        shown,
-        format!("SigningKey {{ kid: {:?}, .. }}", key().kid())
-    );
+    assert_eq!(shown, format!("SigningKey {{ kid: {:?}, .. }}", key().kid()));
 }

@@ -7,8 +7,8 @@ use std::sync::{PoisonError, RwLockReadGuard, RwLockWriteGuard};
 use lanyard_core::{Entry, EntryId, SpiffeId};
 
 use super::layout::{
-    Batch, REVISION_KEY, RevRef, TOMBSTONE_FLOOR_KEY, TreeId, Trees, be_key, be_num, decode,
-    parent_key, parent_prefix, range_after,
+    Batch, REVISION_KEY, RevRef, TOMBSTONE_FLOOR_KEY, TreeId, Trees, be_key, be_num, decode, parent_key, parent_prefix,
+    range_after,
 };
 use super::{Inner, lock};
 use crate::audit::AuditEvent;
@@ -70,21 +70,11 @@ impl Inner {
         Ok(entry)
     }
 
-    pub(super) fn update_entry(
-        &self,
-        mut entry: Entry,
-        expected: u64,
-        event: AuditEvent,
-    ) -> Result<Entry> {
+    pub(super) fn update_entry(&self, mut entry: Entry, expected: u64, event: AuditEvent) -> Result<Entry> {
         let mut state = self.write_entries();
-        let old = self
-            .load_entry(&entry.id)?
-            .ok_or_else(|| not_found(&entry.id))?;
+        let old = self.load_entry(&entry.id)?.ok_or_else(|| not_found(&entry.id))?;
         if old.revision != expected {
-            return Err(StoreError::Conflict {
-                expected,
-                actual: old.revision,
-            });
+            return Err(StoreError::Conflict { expected, actual: old.revision });
         }
         let mut next = *state;
         let mut batch = Batch::default();
@@ -119,18 +109,13 @@ impl Inner {
     /// Records at `next.revision` that `old` left its parent, and prunes
     /// tombstones that fell out of retention.
     fn add_tombstone(&self, batch: &mut Batch, next: &mut EntryState, old: &Entry) -> Result<()> {
-        let tomb = RevRef {
-            id: old.id.clone(),
-            parent: old.parent_id.clone(),
-        };
+        let tomb = RevRef { id: old.id.clone(), parent: old.parent_id.clone() };
         batch.put(TreeId::EntryTombstones, be_key(next.revision), &tomb)?;
         let cutoff = next.revision.saturating_sub(self.tombstone_retention);
         let tree = self.trees.get(TreeId::EntryTombstones);
         for item in tree.range(..=be_key(cutoff)).take(PRUNE_BATCH) {
             let (key, _) = item?;
-            next.tombstone_floor = next
-                .tombstone_floor
-                .max(be_num(TreeId::EntryTombstones, &key)?);
+            next.tombstone_floor = next.tombstone_floor.max(be_num(TreeId::EntryTombstones, &key)?);
             batch.remove(TreeId::EntryTombstones, key);
         }
         Ok(())
@@ -166,11 +151,7 @@ impl Inner {
             None => {
                 let after = after.map(|a| a.as_str().as_bytes());
                 let mut out = Vec::new();
-                for item in self
-                    .trees
-                    .get(TreeId::Entries)
-                    .range(range_after(b"", after))
-                {
+                for item in self.trees.get(TreeId::Entries).range(range_after(b"", after)) {
                     if out.len() >= limit {
                         break;
                     }
@@ -249,8 +230,7 @@ impl Inner {
             let (key, bytes) = item?;
             let at: RevRef = decode(TreeId::EntriesByRev, &key, &bytes)?;
             if at.parent == *parent {
-                let entry =
-                    self.indexed_entry(TreeId::EntriesByRev, &key, at.id.as_str().as_bytes())?;
+                let entry = self.indexed_entry(TreeId::EntriesByRev, &key, at.id.as_str().as_bytes())?;
                 live.insert(at.id);
                 upserted.push(entry);
             }
@@ -265,25 +245,14 @@ impl Inner {
                 removed.insert(tomb.id);
             }
         }
-        Ok(EntryChanges {
-            upserted,
-            removed: removed.into_iter().collect(),
-            ..EntryChanges::default()
-        })
+        Ok(EntryChanges { upserted, removed: removed.into_iter().collect(), ..EntryChanges::default() })
     }
 }
 
 /// Writes `entry` and its parent and revision index records.
 fn put_live(batch: &mut Batch, entry: &Entry) -> Result<()> {
     batch.put(TreeId::Entries, entry.id.as_str(), entry)?;
-    batch.put_raw(
-        TreeId::EntriesByParent,
-        parent_key(&entry.parent_id, &entry.id),
-        b"",
-    );
-    let at = RevRef {
-        id: entry.id.clone(),
-        parent: entry.parent_id.clone(),
-    };
+    batch.put_raw(TreeId::EntriesByParent, parent_key(&entry.parent_id, &entry.id), b"");
+    let at = RevRef { id: entry.id.clone(), parent: entry.parent_id.clone() };
     batch.put(TreeId::EntriesByRev, be_key(entry.revision), &at)
 }

@@ -82,10 +82,7 @@ impl TreeId {
 
     /// Whether keys are big-endian u64s.
     fn numeric_keys(self) -> bool {
-        matches!(
-            self,
-            TreeId::EntriesByRev | TreeId::EntryTombstones | TreeId::Audit
-        )
+        matches!(self, TreeId::EntriesByRev | TreeId::EntryTombstones | TreeId::Audit)
     }
 }
 
@@ -118,12 +115,7 @@ pub(super) struct Batch {
 
 impl Batch {
     /// Sets `key` to `value` encoded as JSON.
-    pub(super) fn put<T: Serialize>(
-        &mut self,
-        tree: TreeId,
-        key: impl AsRef<[u8]>,
-        value: &T,
-    ) -> Result<()> {
+    pub(super) fn put<T: Serialize>(&mut self, tree: TreeId, key: impl AsRef<[u8]>, value: &T) -> Result<()> {
         let bytes = encode(tree, key.as_ref(), value)?;
         self.ops.push((tree, key.as_ref().to_vec(), Some(bytes)));
         Ok(())
@@ -131,8 +123,7 @@ impl Batch {
 
     /// Sets `key` to raw bytes.
     pub(super) fn put_raw(&mut self, tree: TreeId, key: impl AsRef<[u8]>, value: &[u8]) {
-        self.ops
-            .push((tree, key.as_ref().to_vec(), Some(value.to_vec())));
+        self.ops.push((tree, key.as_ref().to_vec(), Some(value.to_vec())));
     }
 
     /// Removes `key`.
@@ -148,9 +139,7 @@ impl Trees {
         for id in TreeId::ALL {
             trees.push(db.open_tree(id.name())?);
         }
-        let all = trees
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("tree count mismatch".into()))?;
+        let all = trees.try_into().map_err(|_| StoreError::Corrupt("tree count mismatch".into()))?;
         Ok(Self { all })
     }
 
@@ -160,16 +149,9 @@ impl Trees {
     }
 
     /// Decodes the JSON value at `key`, if any.
-    pub(super) fn read<T: DeserializeOwned>(
-        &self,
-        tree: TreeId,
-        key: impl AsRef<[u8]>,
-    ) -> Result<Option<T>> {
+    pub(super) fn read<T: DeserializeOwned>(&self, tree: TreeId, key: impl AsRef<[u8]>) -> Result<Option<T>> {
         let key = key.as_ref();
-        self.get(tree)
-            .get(key)?
-            .map(|bytes| decode(tree, key, &bytes))
-            .transpose()
+        self.get(tree).get(key)?.map(|bytes| decode(tree, key, &bytes)).transpose()
     }
 
     /// Applies every write of `batch` in one sled transaction over the trees
@@ -183,20 +165,19 @@ impl Trees {
         touched.sort_by_key(|t| *t as usize);
         touched.dedup();
         let trees: Vec<&sled::Tree> = touched.iter().map(|t| self.get(*t)).collect();
-        let outcome: std::result::Result<(), TransactionError<Infallible>> =
-            trees.as_slice().transaction(|views| {
-                for (tree, key, value) in &batch.ops {
-                    // INVARIANT: `touched` holds every tree of `batch.ops`.
-                    let Some(i) = touched.iter().position(|t| t == tree) else {
-                        continue;
-                    };
-                    match value {
-                        Some(v) => views[i].insert(key.as_slice(), v.as_slice())?,
-                        None => views[i].remove(key.as_slice())?,
-                    };
-                }
-                Ok::<(), ConflictableTransactionError<Infallible>>(())
-            });
+        let outcome: std::result::Result<(), TransactionError<Infallible>> = trees.as_slice().transaction(|views| {
+            for (tree, key, value) in &batch.ops {
+                // INVARIANT: `touched` holds every tree of `batch.ops`.
+                let Some(i) = touched.iter().position(|t| t == tree) else {
+                    continue;
+                };
+                match value {
+                    Some(v) => views[i].insert(key.as_slice(), v.as_slice())?,
+                    None => views[i].remove(key.as_slice())?,
+                };
+            }
+            Ok::<(), ConflictableTransactionError<Infallible>>(())
+        });
         outcome.map_err(|e| match e {
             TransactionError::Abort(never) => match never {},
             TransactionError::Storage(e) => StoreError::Sled(e),
@@ -206,22 +187,14 @@ impl Trees {
 
 /// JSON of a value to store under `tree`/`key`.
 pub(super) fn encode<T: Serialize>(tree: TreeId, key: &[u8], value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{tree} record {} does not encode: {e}",
-            KeyDisplay(tree, key)
-        ))
-    })
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Corrupt(format!("{tree} record {} does not encode: {e}", KeyDisplay(tree, key))))
 }
 
 /// Decodes a stored JSON value; failure names the tree and key.
 pub(super) fn decode<T: DeserializeOwned>(tree: TreeId, key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{tree} record {} does not decode: {e}",
-            KeyDisplay(tree, key)
-        ))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("{tree} record {} does not decode: {e}", KeyDisplay(tree, key))))
 }
 
 /// A revision or seq as a key that sorts numerically.
@@ -231,12 +204,9 @@ pub(super) fn be_key(n: u64) -> [u8; 8] {
 
 /// The number in a [`be_key`] key.
 pub(super) fn be_num(tree: TreeId, key: &[u8]) -> Result<u64> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| {
-        StoreError::Corrupt(format!(
-            "{tree} key {} is not 8 bytes",
-            KeyDisplay(tree, key)
-        ))
-    })?;
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{tree} key {} is not 8 bytes", KeyDisplay(tree, key))))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -293,10 +263,7 @@ mod tests {
     #[test]
     fn keys_show_readably_in_errors() {
         let err = decode::<u64>(TreeId::Audit, &be_key(7), b"{").unwrap_err();
-        assert!(
-            err.to_string().contains("audit record 7 does not decode"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("audit record 7 does not decode"), "{err}");
         let err = decode::<u64>(TreeId::Entries, b"e1", b"x").unwrap_err();
         assert!(err.to_string().contains("entries record \"e1\""), "{err}");
         let err = decode::<u64>(TreeId::JoinTokens, &[0, 1], b"x").unwrap_err();

@@ -14,10 +14,7 @@ pub(super) fn load_head(trees: &Trees) -> Result<ChainHead> {
     let record: AuditRecord = decode(TreeId::Audit, &key, &bytes)?;
     let seq = be_num(TreeId::Audit, &key)?;
     if record.seq != seq {
-        return Err(StoreError::Corrupt(format!(
-            "audit record {seq} claims seq {}",
-            record.seq
-        )));
+        return Err(StoreError::Corrupt(format!("audit record {seq} claims seq {}", record.seq)));
     }
     Ok(ChainHead::after(&record))
 }
@@ -28,16 +25,9 @@ impl Inner {
     ///
     /// The caller holds the chain lock (`head` is its guard) from whatever
     /// checks decided the batch until this returns.
-    pub(super) fn apply_audited(
-        &self,
-        head: &mut ChainHead,
-        batch: Batch,
-        event: AuditEvent,
-    ) -> Result<AuditRecord> {
+    pub(super) fn apply_audited(&self, head: &mut ChainHead, batch: Batch, event: AuditEvent) -> Result<AuditRecord> {
         let mut records = self.apply_audited_many(head, batch, vec![event])?;
-        records
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt("audit record was not written".into()))
+        records.pop().ok_or_else(|| StoreError::Corrupt("audit record was not written".into()))
     }
 
     /// [`apply_audited`](Self::apply_audited) for several events, which get

@@ -12,12 +12,7 @@ use crate::error::{Result, StoreError};
 use crate::records::{AgentRecord, JoinTokenRecord, KeyRecord};
 
 impl Inner {
-    pub(super) fn create_join_token(
-        &self,
-        hash: [u8; 32],
-        record: &JoinTokenRecord,
-        event: AuditEvent,
-    ) -> Result<()> {
+    pub(super) fn create_join_token(&self, hash: [u8; 32], record: &JoinTokenRecord, event: AuditEvent) -> Result<()> {
         let mut head = lock(&self.chain);
         if self.trees.get(TreeId::JoinTokens).contains_key(hash)? {
             return Err(StoreError::AlreadyExists("join token".into()));
@@ -28,11 +23,7 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn consume_join_token(
-        &self,
-        hash: [u8; 32],
-        event: AuditEvent,
-    ) -> Result<Option<JoinTokenRecord>> {
+    pub(super) fn consume_join_token(&self, hash: [u8; 32], event: AuditEvent) -> Result<Option<JoinTokenRecord>> {
         let mut head = lock(&self.chain);
         let Some(record) = self.trees.read(TreeId::JoinTokens, hash)? else {
             return Ok(None);
@@ -47,9 +38,7 @@ impl Inner {
         let mut batch = Batch::default();
         batch.put(TreeId::Agents, agent.spiffe_id.as_str(), agent)?;
         match event {
-            Some(event) => self
-                .apply_audited(&mut lock(&self.chain), batch, event)
-                .map(drop),
+            Some(event) => self.apply_audited(&mut lock(&self.chain), batch, event).map(drop),
             None => self.trees.apply(&batch),
         }
     }

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{SledStore, open_db};
 use crate::{
-    AgentRecord, AuditEvent, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, Store,
-    StoreError, hash_join_token,
+    AgentRecord, AuditEvent, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, Store, StoreError,
+    hash_join_token,
 };
 
 fn id(s: &str) -> SpiffeId {
@@ -67,75 +67,35 @@ async fn entry_crud_bumps_revisions_and_checks_them() {
     let store = open(&dir);
     assert_eq!(store.revision(), 0);
 
-    let created = store
-        .create_entry(entry("e1", "a"), event("entry.create"))
-        .await
-        .unwrap();
+    let created = store.create_entry(entry("e1", "a"), event("entry.create")).await.unwrap();
     assert_eq!(created.revision, 1);
     assert_eq!(store.revision(), 1);
-    assert_eq!(
-        store.get_entry(&eid("e1")).await.unwrap(),
-        Some(created.clone())
-    );
+    assert_eq!(store.get_entry(&eid("e1")).await.unwrap(), Some(created.clone()));
 
-    let again = store
-        .create_entry(entry("e1", "b"), event("entry.create"))
-        .await;
-    assert!(
-        matches!(again, Err(StoreError::AlreadyExists(_))),
-        "{again:?}"
-    );
+    let again = store.create_entry(entry("e1", "b"), event("entry.create")).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(_))), "{again:?}");
 
     let mut changed = created.clone();
     changed.hint = "v2".into();
-    let updated = store
-        .update_entry(changed.clone(), 1, event("entry.update"))
-        .await
-        .unwrap();
+    let updated = store.update_entry(changed.clone(), 1, event("entry.update")).await.unwrap();
     assert_eq!((updated.revision, updated.hint.as_str()), (2, "v2"));
 
     let stale = store.update_entry(changed, 1, event("entry.update")).await;
-    assert!(
-        matches!(
-            stale,
-            Err(StoreError::Conflict {
-                expected: 1,
-                actual: 2
-            })
-        ),
-        "{stale:?}"
-    );
-    let missing = store
-        .update_entry(entry("nope", "a"), 1, event("entry.update"))
-        .await;
-    assert!(
-        matches!(missing, Err(StoreError::NotFound(_))),
-        "{missing:?}"
-    );
+    assert!(matches!(stale, Err(StoreError::Conflict { expected: 1, actual: 2 })), "{stale:?}");
+    let missing = store.update_entry(entry("nope", "a"), 1, event("entry.update")).await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
 
-    let deleted = store
-        .delete_entry(&eid("e1"), event("entry.delete"))
-        .await
-        .unwrap();
+    let deleted = store.delete_entry(&eid("e1"), event("entry.delete")).await.unwrap();
     assert_eq!(deleted, updated);
     assert_eq!(store.revision(), 3);
     assert_eq!(store.get_entry(&eid("e1")).await.unwrap(), None);
     let twice = store.delete_entry(&eid("e1"), event("entry.delete")).await;
-    assert!(
-        matches!(&twice, Err(StoreError::NotFound(m)) if m == "entry e1"),
-        "{twice:?}"
-    );
+    assert!(matches!(&twice, Err(StoreError::NotFound(m)) if m == "entry e1"), "{twice:?}");
     assert_eq!(twice.unwrap_err().to_string(), "entry e1 not found");
 
     // Exactly one audit record per successful write, none for refusals.
     assert_eq!(audit_count(&store).await, 3);
-    let kinds: Vec<String> = store
-        .audit_range(1, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.event.kind)
-        .collect();
+    let kinds: Vec<String> = store.audit_range(1, 10).await.unwrap().into_iter().map(|r| r.event.kind).collect();
     assert_eq!(kinds, ["entry.create", "entry.update", "entry.delete"]);
 }
 
@@ -144,56 +104,20 @@ async fn list_entries_filters_and_pages_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     for (e, parent) in [("e3", "a"), ("e1", "a"), ("e2", "b"), ("e4", "a")] {
-        store
-            .create_entry(entry(e, parent), event("entry.create"))
-            .await
-            .unwrap();
+        store.create_entry(entry(e, parent), event("entry.create")).await.unwrap();
     }
     let all = EntryFilter::default();
-    assert_eq!(
-        ids(&store.list_entries(&all, None, 10).await.unwrap()),
-        ["e1", "e2", "e3", "e4"]
-    );
-    assert_eq!(
-        ids(&store.list_entries(&all, Some(&eid("e2")), 1).await.unwrap()),
-        ["e3"]
-    );
+    assert_eq!(ids(&store.list_entries(&all, None, 10).await.unwrap()), ["e1", "e2", "e3", "e4"]);
+    assert_eq!(ids(&store.list_entries(&all, Some(&eid("e2")), 1).await.unwrap()), ["e3"]);
 
-    let of_a = EntryFilter {
-        parent_id: Some(id("agent/a")),
-        spiffe_id: None,
-    };
-    assert_eq!(
-        ids(&store.list_entries(&of_a, None, 10).await.unwrap()),
-        ["e1", "e3", "e4"]
-    );
-    assert_eq!(
-        ids(&store
-            .list_entries(&of_a, Some(&eid("e1")), 1)
-            .await
-            .unwrap()),
-        ["e3"]
-    );
+    let of_a = EntryFilter { parent_id: Some(id("agent/a")), spiffe_id: None };
+    assert_eq!(ids(&store.list_entries(&of_a, None, 10).await.unwrap()), ["e1", "e3", "e4"]);
+    assert_eq!(ids(&store.list_entries(&of_a, Some(&eid("e1")), 1).await.unwrap()), ["e3"]);
 
-    let by_id = EntryFilter {
-        parent_id: None,
-        spiffe_id: Some(id("connector/e2")),
-    };
-    assert_eq!(
-        ids(&store.list_entries(&by_id, None, 10).await.unwrap()),
-        ["e2"]
-    );
-    let both = EntryFilter {
-        parent_id: Some(id("agent/a")),
-        spiffe_id: Some(id("connector/e2")),
-    };
-    assert!(
-        store
-            .list_entries(&both, None, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let by_id = EntryFilter { parent_id: None, spiffe_id: Some(id("connector/e2")) };
+    assert_eq!(ids(&store.list_entries(&by_id, None, 10).await.unwrap()), ["e2"]);
+    let both = EntryFilter { parent_id: Some(id("agent/a")), spiffe_id: Some(id("connector/e2")) };
+    assert!(store.list_entries(&both, None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -201,31 +125,16 @@ async fn change_feed_is_incremental_after_a_revision() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let agent_a = id("agent/a");
-    store
-        .create_entry(entry("e1", "a"), event("c"))
-        .await
-        .unwrap();
-    store
-        .create_entry(entry("other", "z"), event("c"))
-        .await
-        .unwrap();
-    store
-        .create_entry(entry("e2", "a"), event("c"))
-        .await
-        .unwrap();
+    store.create_entry(entry("e1", "a"), event("c")).await.unwrap();
+    store.create_entry(entry("other", "z"), event("c")).await.unwrap();
+    store.create_entry(entry("e2", "a"), event("c")).await.unwrap();
 
     let snap = store.entry_changes(&agent_a, 0).await.unwrap();
     assert!(snap.snapshot);
     assert_eq!((ids(&snap.upserted), snap.revision), (vec!["e1", "e2"], 3));
 
     let none = store.entry_changes(&agent_a, 3).await.unwrap();
-    assert_eq!(
-        none,
-        EntryChanges {
-            revision: 3,
-            ..EntryChanges::default()
-        }
-    );
+    assert_eq!(none, EntryChanges { revision: 3, ..EntryChanges::default() });
 
     let e1 = store.get_entry(&eid("e1")).await.unwrap().unwrap();
     store.update_entry(e1, 1, event("u")).await.unwrap();
@@ -248,59 +157,34 @@ async fn change_feed_is_incremental_after_a_revision() {
 async fn re_parenting_moves_an_entry_between_agents_feeds() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let e = store
-        .create_entry(entry("e1", "a"), event("c"))
-        .await
-        .unwrap();
+    let e = store.create_entry(entry("e1", "a"), event("c")).await.unwrap();
     let since = store.revision();
 
     let mut to_b = e.clone();
     to_b.parent_id = id("agent/b");
-    let at_b = store
-        .update_entry(to_b, e.revision, event("u"))
-        .await
-        .unwrap();
+    let at_b = store.update_entry(to_b, e.revision, event("u")).await.unwrap();
     let mut to_c = at_b.clone();
     to_c.parent_id = id("agent/c");
-    let at_c = store
-        .update_entry(to_c, at_b.revision, event("u"))
-        .await
-        .unwrap();
+    let at_c = store.update_entry(to_c, at_b.revision, event("u")).await.unwrap();
 
     let a = store.entry_changes(&id("agent/a"), since).await.unwrap();
     assert_eq!((ids(&a.upserted).len(), removed(&a)), (0, vec!["e1"]));
     let b = store.entry_changes(&id("agent/b"), since).await.unwrap();
     assert!(b.upserted.is_empty(), "B ends without it: {b:?}");
     let c = store.entry_changes(&id("agent/c"), since).await.unwrap();
-    assert_eq!(
-        (c.upserted.clone(), c.removed.len()),
-        (vec![at_c.clone()], 0)
-    );
+    assert_eq!((c.upserted.clone(), c.removed.len()), (vec![at_c.clone()], 0));
     assert_eq!(c.revision, at_c.revision);
     for agent in ["a", "b", "c"] {
-        assert_eq!(
-            store
-                .entry_changes(&id(&format!("agent/{agent}")), at_c.revision)
-                .await
-                .unwrap()
-                .upserted,
-            vec![]
-        );
+        assert_eq!(store.entry_changes(&id(&format!("agent/{agent}")), at_c.revision).await.unwrap().upserted, vec![]);
     }
 
     // Leaving and coming back is an upsert, not a removal.
     let mut back = at_c.clone();
     back.parent_id = id("agent/a");
-    let back = store
-        .update_entry(back, at_c.revision, event("u"))
-        .await
-        .unwrap();
+    let back = store.update_entry(back, at_c.revision, event("u")).await.unwrap();
     let a = store.entry_changes(&id("agent/a"), since).await.unwrap();
     assert_eq!((a.upserted, a.removed.len()), (vec![back], 0));
-    let c = store
-        .entry_changes(&id("agent/c"), at_c.revision)
-        .await
-        .unwrap();
+    let c = store.entry_changes(&id("agent/c"), at_c.revision).await.unwrap();
     assert_eq!(removed(&c), ["e1"]);
 }
 
@@ -309,16 +193,10 @@ async fn feeds_older_than_retained_tombstones_get_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open_with(dir.path(), 3, Duration::ZERO).unwrap();
     let agent_a = id("agent/a");
-    store
-        .create_entry(entry("keep", "a"), event("c"))
-        .await
-        .unwrap();
+    store.create_entry(entry("keep", "a"), event("c")).await.unwrap();
     for i in 0..4 {
         let e = format!("gone{i}");
-        store
-            .create_entry(entry(&e, "a"), event("c"))
-            .await
-            .unwrap();
+        store.create_entry(entry(&e, "a"), event("c")).await.unwrap();
         store.delete_entry(&eid(&e), event("d")).await.unwrap();
     }
     // Revisions 1..=9; tombstones at 3, 5, 7, 9; retention 3 pruned up to 5.
@@ -342,10 +220,7 @@ async fn subscribers_see_revisions_once_durable() {
     let store = open(&dir);
     let mut rx = store.subscribe_revision();
     assert_eq!(*rx.borrow_and_update(), 0);
-    store
-        .create_entry(entry("e1", "a"), event("c"))
-        .await
-        .unwrap();
+    store.create_entry(entry("e1", "a"), event("c")).await.unwrap();
     rx.changed().await.unwrap();
     assert_eq!(*rx.borrow(), 1);
     assert_eq!(store.revision(), 1);
@@ -356,18 +231,9 @@ async fn join_tokens_are_single_use_even_when_raced() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(open(&dir));
     let hash = hash_join_token("tok-1");
-    let record = JoinTokenRecord {
-        name: "node1".into(),
-        created_at: 1,
-        expires_at: 2,
-    };
-    store
-        .create_join_token(hash, record.clone(), event("jt.create"))
-        .await
-        .unwrap();
-    let dup = store
-        .create_join_token(hash, record.clone(), event("jt.create"))
-        .await;
+    let record = JoinTokenRecord { name: "node1".into(), created_at: 1, expires_at: 2 };
+    store.create_join_token(hash, record.clone(), event("jt.create")).await.unwrap();
+    let dup = store.create_join_token(hash, record.clone(), event("jt.create")).await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
 
     let racers: Vec<_> = (0..16)
@@ -383,13 +249,7 @@ async fn join_tokens_are_single_use_even_when_raced() {
         }
     }
     assert_eq!(winners, vec![record]);
-    assert_eq!(
-        store
-            .consume_join_token(hash, event("jt.use"))
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.consume_join_token(hash, event("jt.use")).await.unwrap(), None);
     // create + the one successful use.
     assert_eq!(store.verify_audit_chain().await.unwrap().records, 2);
 }
@@ -413,22 +273,12 @@ async fn join_tokens_are_stored_only_as_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let token = "lanyard-secret-token-9f8e7d6c";
-    let record = JoinTokenRecord {
-        name: "findable-node-name".into(),
-        created_at: 1,
-        expires_at: 2,
-    };
-    store
-        .create_join_token(hash_join_token(token), record, event("jt.create"))
-        .await
-        .unwrap();
+    let record = JoinTokenRecord { name: "findable-node-name".into(), created_at: 1, expires_at: 2 };
+    store.create_join_token(hash_join_token(token), record, event("jt.create")).await.unwrap();
     drop(store);
     let bytes = all_file_bytes(dir.path());
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-    assert!(
-        contains(b"findable-node-name"),
-        "positive control: the record is on disk"
-    );
+    assert!(contains(b"findable-node-name"), "positive control: the record is on disk");
     assert!(!contains(token.as_bytes()), "the token itself is on disk");
 }
 
@@ -452,10 +302,7 @@ async fn append_concurrently(store: &Arc<SledStore>, n: usize) -> Vec<u64> {
 async fn audit_chain_is_gapless_under_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&dir));
-    assert_eq!(
-        append_concurrently(&store, 200).await,
-        (1..=200).collect::<Vec<_>>()
-    );
+    assert_eq!(append_concurrently(&store, 200).await, (1..=200).collect::<Vec<_>>());
 
     let report = store.verify_audit_chain().await.unwrap();
     assert_eq!(report.records, 200);
@@ -480,20 +327,14 @@ async fn concurrent_appends_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&dir));
     let flushes = flushes_for_100_appends(&store).await;
-    assert!(
-        flushes < 100,
-        "{flushes} flushes for 100 concurrent appends"
-    );
+    assert!(flushes < 100, "{flushes} flushes for 100 concurrent appends");
 
     // With a disk whose fsync takes 5 ms, batching is deterministic.
     let dir = tempfile::tempdir().unwrap();
     let slow_disk = Duration::from_millis(5);
     let store = Arc::new(SledStore::open_with(dir.path(), 10, slow_disk).unwrap());
     let flushes = flushes_for_100_appends(&store).await;
-    assert!(
-        flushes <= 10,
-        "{flushes} flushes for 100 concurrent appends"
-    );
+    assert!(flushes <= 10, "{flushes} flushes for 100 concurrent appends");
 }
 
 #[tokio::test]
@@ -501,10 +342,7 @@ async fn audit_batches_are_consecutive_and_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.append_audit(event("first")).await.unwrap();
-    let batch = store
-        .append_audit_batch(vec![event("a"), event("b"), event("c")])
-        .await
-        .unwrap();
+    let batch = store.append_audit_batch(vec![event("a"), event("b"), event("c")]).await.unwrap();
     assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 4]);
     assert_eq!(batch[1].prev_hash, batch[0].hash);
     assert!(store.append_audit_batch(vec![]).await.unwrap().is_empty());
@@ -517,12 +355,9 @@ fn tamper(dir: &std::path::Path, seq: u64, edit: impl FnOnce(&mut serde_json::Va
     let db = open_db(dir).unwrap();
     let audit = db.open_tree("audit").unwrap();
     let key = seq.to_be_bytes();
-    let mut record: serde_json::Value =
-        serde_json::from_slice(&audit.get(key).unwrap().unwrap()).unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&audit.get(key).unwrap().unwrap()).unwrap();
     edit(&mut record);
-    audit
-        .insert(key, serde_json::to_vec(&record).unwrap())
-        .unwrap();
+    audit.insert(key, serde_json::to_vec(&record).unwrap()).unwrap();
     db.flush().unwrap();
 }
 
@@ -539,29 +374,16 @@ async fn tampering_with_a_stored_record_breaks_the_chain() {
     tamper(dir.path(), 5, |r| r["event"]["actor"] = json!("mallory"));
     let store = open(&dir);
     let err = store.verify_audit_chain().await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::ChainBroken { seq: 5, .. }),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .starts_with("audit chain broken at record 5"),
-        "{err}"
-    );
+    assert!(matches!(err, StoreError::ChainBroken { seq: 5, .. }), "{err:?}");
+    assert!(err.to_string().starts_with("audit chain broken at record 5"), "{err}");
 }
 
 #[tokio::test]
 async fn reopening_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let e = store
-        .create_entry(entry("e1", "a"), event("c"))
-        .await
-        .unwrap();
-    store
-        .create_entry(entry("e2", "a"), event("c"))
-        .await
-        .unwrap();
+    let e = store.create_entry(entry("e1", "a"), event("c")).await.unwrap();
+    store.create_entry(entry("e2", "a"), event("c")).await.unwrap();
     store.delete_entry(&eid("e2"), event("d")).await.unwrap();
     let agent = AgentRecord {
         spiffe_id: id("agent/a"),
@@ -595,14 +417,7 @@ async fn reopening_keeps_everything() {
     assert_eq!((next.seq, next.prev_hash), (head.records + 1, head.head));
     let feed = store.entry_changes(&id("agent/a"), 1).await.unwrap();
     assert_eq!(removed(&feed), ["e2"]);
-    assert_eq!(
-        store
-            .create_entry(entry("e3", "a"), event("c"))
-            .await
-            .unwrap()
-            .revision,
-        4
-    );
+    assert_eq!(store.create_entry(entry("e3", "a"), event("c")).await.unwrap().revision, 4);
 }
 
 #[tokio::test]
@@ -618,22 +433,13 @@ async fn agents_and_keys() {
         banned: false,
         last_seen: 3,
     };
-    store
-        .put_agent(agent.clone(), Some(event("agent.attest")))
-        .await
-        .unwrap();
+    store.put_agent(agent.clone(), Some(event("agent.attest"))).await.unwrap();
     agent.banned = true;
-    store
-        .put_agent(agent.clone(), Some(event("agent.ban")))
-        .await
-        .unwrap();
+    store.put_agent(agent.clone(), Some(event("agent.ban"))).await.unwrap();
     let mut other = agent.clone();
     other.spiffe_id = id("agent/a");
     store.put_agent(other.clone(), None).await.unwrap();
-    assert_eq!(
-        store.list_agents().await.unwrap(),
-        vec![other, agent.clone()]
-    );
+    assert_eq!(store.list_agents().await.unwrap(), vec![other, agent.clone()]);
     assert_eq!(store.get_agent(&id("agent/x")).await.unwrap(), None);
 
     let key = KeyRecord {
@@ -646,10 +452,7 @@ async fn agents_and_keys() {
     };
     store.put_key(key.clone(), event("key.put")).await.unwrap();
     assert_eq!(store.list_keys().await.unwrap(), vec![key]);
-    store
-        .delete_key("ca-01", event("key.delete"))
-        .await
-        .unwrap();
+    store.delete_key("ca-01", event("key.delete")).await.unwrap();
     assert!(store.list_keys().await.unwrap().is_empty());
     let gone = store.delete_key("ca-01", event("key.delete")).await;
     assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
@@ -662,27 +465,12 @@ async fn newer_schema_is_refused() {
     drop(open(&dir));
     {
         let db = open_db(dir.path()).unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .insert("schema_version", b"7")
-            .unwrap();
+        db.open_tree("meta").unwrap().insert("schema_version", b"7").unwrap();
         db.flush().unwrap();
     }
     let err = SledStore::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NewerSchema {
-                found: 7,
-                supported: 1
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "store schema version 7 is newer than this lanyard supports (1); upgrade lanyard"
-    );
+    assert!(matches!(err, StoreError::NewerSchema { found: 7, supported: 1 }), "{err:?}");
+    assert_eq!(err.to_string(), "store schema version 7 is newer than this lanyard supports (1); upgrade lanyard");
 }
 
 #[tokio::test]
@@ -690,14 +478,8 @@ async fn a_store_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(&dir);
     let err = SledStore::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Locked(p) if p == dir.path()),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().ends_with("is in use by another process"),
-        "{err}"
-    );
+    assert!(matches!(&err, StoreError::Locked(p) if p == dir.path()), "{err:?}");
+    assert!(err.to_string().ends_with("is in use by another process"), "{err}");
 }
 
 #[tokio::test]
@@ -706,10 +488,7 @@ async fn undecodable_records_are_errors_not_panics() {
     drop(open(&dir));
     {
         let db = open_db(dir.path()).unwrap();
-        db.open_tree("entries")
-            .unwrap()
-            .insert("e1", b"{not json")
-            .unwrap();
+        db.open_tree("entries").unwrap().insert("e1", b"{not json").unwrap();
         db.flush().unwrap();
     }
     let store = open(&dir);

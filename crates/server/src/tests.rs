@@ -1,0 +1,322 @@
+//! The server in-process, driven over its real admin socket: every refusal
+//! of the admin API answers with the right code and a message.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{
+    BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, GetBundleRequest, GetEntryRequest, ListEntriesRequest,
+    UpdateEntryRequest,
+};
+use lanyard_proto::common::Entry;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Server, ServerConfig};
+
+struct Running {
+    dir: tempfile::TempDir,
+    admin: AdminClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), crate::StartError>>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    let server = Server::bind(config).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    Running { dir, admin, stop: Some(stop), task }
+}
+
+async fn uds(path: std::path::PathBuf) -> Channel {
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
+fn entry(spiffe_id: &str, selector: &str) -> Entry {
+    Entry {
+        spiffe_id: spiffe_id.into(),
+        parent_id: "spiffe://example.org/agent/node1".into(),
+        selectors: vec![selector.into()],
+        ..Entry::default()
+    }
+}
+
+fn code_and_message<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.unwrap_err();
+    (s.code(), s.message().to_owned())
+}
+
+#[tokio::test]
+async fn admin_socket_is_private() {
+    let server = start().await;
+    let mode = std::fs::metadata(server.dir.path().join("admin.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // No staging directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".lanyard-admin"))
+        .collect();
+    assert!(leftovers.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn create_entry_refuses_bad_input_with_invalid_argument() {
+    let mut server = start().await;
+    let cases = [
+        (entry("not-a-spiffe-id", "unix:uid:1000"), "spiffe_id"),
+        (entry("spiffe://example.org/agent/evil", "unix:uid:1000"), "reserved"),
+        (entry("spiffe://example.org/lanyard/server", "unix:uid:1000"), "reserved"),
+        (entry("spiffe://other.org/x", "unix:uid:1000"), "not in trust domain"),
+        (entry("spiffe://example.org/x", "unix:uid:abc"), "selector"),
+        (entry("spiffe://example.org/x", "k8s:ns:default"), "selector"),
+        (Entry { selectors: vec![], ..entry("spiffe://example.org/x", "unix:uid:1") }, "at least one selector"),
+        (Entry { x509_ttl_seconds: 5, ..entry("spiffe://example.org/x", "unix:uid:1") }, "x509_ttl"),
+        (Entry { dns_names: vec!["bad_name".into()], ..entry("spiffe://example.org/x", "unix:uid:1") }, "dns_name"),
+        (Entry { parent_id: "".into(), ..entry("spiffe://example.org/x", "unix:uid:1") }, "parent_id"),
+    ];
+    for (e, want) in cases {
+        let (code, message) = code_and_message(server.admin.create_entry(CreateEntryRequest { entry: Some(e) }).await);
+        assert_eq!(code, Code::InvalidArgument, "{message}");
+        assert!(message.contains(want), "{message:?} should mention {want:?}");
+    }
+    let (code, _) = code_and_message(server.admin.create_entry(CreateEntryRequest { entry: None }).await);
+    assert_eq!(code, Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn entries_crud_duplicates_conflicts_and_pages() {
+    let mut server = start().await;
+    let created = server
+        .admin
+        .create_entry(CreateEntryRequest { entry: Some(entry("spiffe://example.org/a", "unix:uid:1")) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.x509_ttl_seconds, 3600, "server default");
+    assert_eq!(created.jwt_ttl_seconds, 300, "server default");
+    assert!(created.revision > 0);
+
+    let (code, message) = code_and_message(
+        server
+            .admin
+            .create_entry(CreateEntryRequest { entry: Some(entry("spiffe://example.org/a", "unix:uid:1")) })
+            .await,
+    );
+    assert_eq!(code, Code::AlreadyExists);
+    assert!(message.contains(&created.id));
+
+    let mut changed = created.clone();
+    changed.selectors = vec!["unix:uid:2".into()];
+    let updated = server
+        .admin
+        .update_entry(UpdateEntryRequest { entry: Some(changed.clone()), expected_revision: created.revision })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.revision > created.revision);
+    // A second writer with the old revision is refused.
+    let (code, _) = code_and_message(
+        server
+            .admin
+            .update_entry(UpdateEntryRequest { entry: Some(changed), expected_revision: created.revision })
+            .await,
+    );
+    assert_eq!(code, Code::Aborted);
+
+    let (code, _) = code_and_message(server.admin.get_entry(GetEntryRequest { id: "nope".into() }).await);
+    assert_eq!(code, Code::NotFound);
+    let (code, _) = code_and_message(server.admin.get_entry(GetEntryRequest { id: "../x".into() }).await);
+    assert_eq!(code, Code::InvalidArgument);
+
+    for i in 0..4 {
+        let e = entry(&format!("spiffe://example.org/p{i}"), "unix:uid:7");
+        server.admin.create_entry(CreateEntryRequest { entry: Some(e) }).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = server
+            .admin
+            .list_entries(ListEntriesRequest { page_size: 2, page_token: token, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 2);
+        seen.extend(page.entries.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 5);
+    let filtered = server
+        .admin
+        .list_entries(ListEntriesRequest { spiffe_id: "spiffe://example.org/p2".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.entries.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn join_tokens_and_bans_refuse_bad_input() {
+    let mut server = start().await;
+    for (name, ttl) in [("a/b", 60), ("..", 60), ("", 60), ("node", 0), ("node", 8 * 86_400)] {
+        let (code, _) = code_and_message(
+            server.admin.create_join_token(CreateJoinTokenRequest { name: name.into(), ttl_seconds: ttl }).await,
+        );
+        assert_eq!(code, Code::InvalidArgument, "{name:?} {ttl}");
+    }
+    let token = server
+        .admin
+        .create_join_token(CreateJoinTokenRequest { name: "node1".into(), ttl_seconds: 60 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(token.spiffe_id, "spiffe://example.org/agent/node1");
+    assert!(token.token.len() >= 43, "256 bits of secret");
+    // The token itself is never stored, only its hash.
+    let dir = server.dir.path().join("data");
+    assert!(!contains_bytes(&dir, token.token.as_bytes()), "join token found in the store");
+
+    let (code, _) = code_and_message(
+        server.admin.ban_agent(BanAgentRequest { spiffe_id: "spiffe://example.org/agent/ghost".into() }).await,
+    );
+    assert_eq!(code, Code::NotFound);
+    let bundle = server.admin.get_bundle(GetBundleRequest {}).await.unwrap().into_inner();
+    assert_eq!(bundle.trust_domain, "example.org");
+    assert_eq!(bundle.x509_authorities.len(), 1);
+    assert_eq!(bundle.jwt_authorities.len(), 1);
+    server.stop().await;
+}
+
+fn contains_bytes(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).any(|e| {
+        let path = e.path();
+        if path.is_dir() {
+            contains_bytes(&path, needle)
+        } else {
+            std::fs::read(&path).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false)
+        }
+    })
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart_and_a_second_server_cannot_share_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |sock: &str| {
+        ServerConfig::new(
+            "example.org".parse().unwrap(),
+            dir.path().join("data"),
+            dir.path().join(sock),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+    };
+    let first = Server::bind(config("a.sock")).await.unwrap();
+    let pem = first.bundle_pem();
+    let second = Server::bind(config("b.sock")).await;
+    assert!(matches!(second, Err(crate::StartError::Store(_))), "store must be locked");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(first.serve(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let again = Server::bind(config("a.sock")).await.unwrap();
+    assert_eq!(again.bundle_pem(), pem, "the CA is loaded, not regenerated");
+    drop(again);
+}
+
+/// One HTTP/1.1 GET over a plain socket; the status line and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: lanyard\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn bundle_endpoint_serves_spiffe_bundle_jwks_and_discovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.public_url = Some("https://lanyard.example".into());
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let (head, body) = http_get(addr, "/bundle", "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let uses: Vec<_> = doc["keys"].as_array().unwrap().iter().map(|k| k["use"].as_str().unwrap()).collect();
+    assert_eq!(uses, ["x509-svid", "jwt-svid"]);
+    assert!(doc["spiffe_sequence"].is_u64());
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().to_owned();
+    let (head, _) = http_get(addr, "/bundle", &format!("If-None-Match: {etag}\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+
+    let (_, body) = http_get(addr, "/keys", "").await;
+    let jwks: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (key["use"].as_str(), key["alg"].as_str(), key["kty"].as_str()),
+        (Some("sig"), Some("ES256"), Some("EC"))
+    );
+    assert!(key["kid"].is_string());
+
+    let (_, body) = http_get(addr, "/.well-known/openid-configuration", "").await;
+    let discovery: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(discovery["issuer"], "https://lanyard.example");
+    assert_eq!(discovery["jwks_uri"], "https://lanyard.example/keys");
+
+    assert!(http_get(addr, "/healthz", "").await.0.starts_with("HTTP/1.1 200"));
+    assert!(http_get(addr, "/readyz", "").await.0.starts_with("HTTP/1.1 200"));
+    assert!(http_get(addr, "/nope", "").await.0.starts_with("HTTP/1.1 404"));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
