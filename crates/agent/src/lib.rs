@@ -41,3 +41,6 @@ pub use convert::bundle_from_proto;
 pub use error::AgentError;
 pub use run::Agent;
 pub use workload::NO_IDENTITY;
+
+#[cfg(test)]
+mod node_tests;

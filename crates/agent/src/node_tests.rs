@@ -1,0 +1,253 @@
+//! The node API as a hostile agent sees it: a real server in-process, real
+//! mutual TLS, and requests the real agent would never make. Every rule the
+//! server enforces on agents is shown refusing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use lanyard_ca::{Clock, csr};
+use lanyard_core::TrustDomain;
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, GetBundleRequest};
+use lanyard_proto::common::Entry;
+use lanyard_proto::node::node_client::NodeClient;
+use lanyard_proto::node::{
+    AttestRequest, MintJwtSvidRequest, MintX509SvidsRequest, RenewAgentRequest, SyncRequest, X509SvidRequest,
+};
+use lanyard_server::{Server, ServerConfig};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::node_client::{ClientIdentity, connect};
+
+/// A clock the test moves forward.
+#[derive(Clone)]
+struct TestClock(Arc<Mutex<SystemTime>>);
+
+impl Clock for TestClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    admin: AdminClient<Channel>,
+    addr: String,
+    td: TrustDomain,
+    roots: Vec<Vec<u8>>,
+    clock: TestClock,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock(Arc::new(Mutex::new(SystemTime::now())));
+    let config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    let server = Server::bind_with_clock(config, Arc::new(clock.clone())).await.unwrap();
+    let addr = server.node_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let path = dir.path().join("admin.sock");
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap();
+    let mut admin = AdminClient::new(channel);
+    let bundle = admin.get_bundle(GetBundleRequest {}).await.unwrap().into_inner();
+    Fixture {
+        _dir: dir,
+        admin,
+        addr,
+        td: "example.org".parse().unwrap(),
+        roots: bundle.x509_authorities,
+        clock,
+        _stop: stop,
+    }
+}
+
+impl Fixture {
+    async fn token(&mut self, name: &str, ttl: u32) -> String {
+        let req = CreateJoinTokenRequest { name: name.into(), ttl_seconds: ttl };
+        self.admin.create_join_token(req).await.unwrap().into_inner().token
+    }
+
+    async fn anonymous(&self) -> NodeClient<Channel> {
+        connect(&self.addr, &self.td, &self.roots, None).await.unwrap()
+    }
+
+    /// Attests as `name`; returns a client presenting the new agent SVID.
+    async fn agent(&mut self, name: &str) -> (NodeClient<Channel>, ClientIdentity) {
+        let token = self.token(name, 600).await;
+        let (key, request) = csr::new_key_and_csr().unwrap();
+        let reply = self
+            .anonymous()
+            .await
+            .attest(AttestRequest { join_token: token, csr: request })
+            .await
+            .unwrap()
+            .into_inner();
+        let me = ClientIdentity { chain: reply.svid_chain, key };
+        (connect(&self.addr, &self.td, &self.roots, Some(&me)).await.unwrap(), me)
+    }
+
+    async fn entry(&mut self, spiffe_id: &str, parent: &str) -> String {
+        let entry = Entry {
+            spiffe_id: spiffe_id.into(),
+            parent_id: parent.into(),
+            selectors: vec!["unix:uid:1000".into()],
+            ..Entry::default()
+        };
+        self.admin.create_entry(CreateEntryRequest { entry: Some(entry) }).await.unwrap().into_inner().id
+    }
+}
+
+fn mint_request(entry_id: &str) -> MintX509SvidsRequest {
+    let (_, request) = csr::new_key_and_csr().unwrap();
+    MintX509SvidsRequest { requests: vec![X509SvidRequest { entry_id: entry_id.into(), csr: request }] }
+}
+
+#[tokio::test]
+async fn join_tokens_are_single_use_and_expire() {
+    let mut f = fixture().await;
+    let (_, request) = csr::new_key_and_csr().unwrap();
+    let token = f.token("node1", 60).await;
+    let attest = |t: &str| AttestRequest { join_token: t.into(), csr: request.clone() };
+    f.anonymous().await.attest(attest(&token)).await.unwrap();
+    let again = f.anonymous().await.attest(attest(&token)).await.unwrap_err();
+    assert_eq!(again.code(), Code::PermissionDenied);
+    assert!(again.message().contains("unknown or already used"), "{}", again.message());
+
+    let unknown = f.anonymous().await.attest(attest("made-up")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::PermissionDenied);
+
+    let expiring = f.token("node2", 30).await;
+    *f.clock.0.lock().unwrap() += Duration::from_secs(31);
+    let expired = f.anonymous().await.attest(attest(&expiring)).await.unwrap_err();
+    assert_eq!(expired.code(), Code::PermissionDenied);
+    assert!(expired.message().contains("expired"), "{}", expired.message());
+
+    let garbage = f.anonymous().await.attest(AttestRequest { join_token: token, csr: b"nope".to_vec() }).await;
+    assert_eq!(garbage.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn calls_without_an_agent_svid_are_refused() {
+    let mut f = fixture().await;
+    let mut anonymous = f.anonymous().await;
+    let sync = anonymous.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap_err();
+    assert_eq!(sync.code(), Code::Unauthenticated);
+    let mint = anonymous.mint_x509_svids(mint_request("e")).await.unwrap_err();
+    assert_eq!(mint.code(), Code::Unauthenticated);
+
+    // A workload SVID chains to the same CA but is not an agent.
+    let (mut agent, _) = f.agent("node1").await;
+    let entry = f.entry("spiffe://example.org/workload", "spiffe://example.org/agent/node1").await;
+    let (key, request) = csr::new_key_and_csr().unwrap();
+    let minted = agent
+        .mint_x509_svids(MintX509SvidsRequest { requests: vec![X509SvidRequest { entry_id: entry, csr: request }] })
+        .await
+        .unwrap()
+        .into_inner();
+    let workload = ClientIdentity { chain: minted.results[0].svid_chain.clone(), key };
+    let mut impostor = connect(&f.addr, &f.td, &f.roots, Some(&workload)).await.unwrap();
+    let refused = impostor.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("not an agent"), "{}", refused.message());
+}
+
+#[tokio::test]
+async fn an_agent_gets_only_entries_it_is_parent_of() {
+    let mut f = fixture().await;
+    let (mut node1, _) = f.agent("node1").await;
+    let mine = f.entry("spiffe://example.org/mine", "spiffe://example.org/agent/node1").await;
+    let theirs = f.entry("spiffe://example.org/theirs", "spiffe://example.org/agent/node2").await;
+
+    let reply = node1.mint_x509_svids(mint_request(&mine)).await.unwrap().into_inner();
+    assert!(reply.results[0].error.is_empty());
+    assert_eq!(reply.results[0].svid_chain.len(), 1);
+
+    let reply = node1.mint_x509_svids(mint_request(&theirs)).await.unwrap().into_inner();
+    assert!(reply.results[0].svid_chain.is_empty());
+    assert!(reply.results[0].error.contains("not served by this agent"), "{}", reply.results[0].error);
+
+    let jwt = node1.mint_jwt_svid(MintJwtSvidRequest { entry_id: theirs.clone(), audience: vec!["a".into()] }).await;
+    assert_eq!(jwt.unwrap_err().code(), Code::PermissionDenied);
+    let jwt = node1.mint_jwt_svid(MintJwtSvidRequest { entry_id: mine.clone(), audience: vec![] }).await;
+    assert_eq!(jwt.unwrap_err().code(), Code::InvalidArgument);
+    let many = (0..33).map(|i| format!("aud{i}")).collect();
+    let jwt = node1.mint_jwt_svid(MintJwtSvidRequest { entry_id: mine, audience: many }).await;
+    assert_eq!(jwt.unwrap_err().code(), Code::InvalidArgument);
+
+    // The sync stream carries only this agent's entries.
+    let mut stream = node1.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.snapshot);
+    let ids: Vec<_> = first.upserted.iter().map(|e| e.spiffe_id.as_str()).collect();
+    assert_eq!(ids, ["spiffe://example.org/mine"]);
+    assert!(first.bundle.is_some());
+
+    let batch = MintX509SvidsRequest { requests: vec![] };
+    assert_eq!(node1.mint_x509_svids(batch).await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_banned_agent_gets_nothing_not_even_renewal() {
+    let mut f = fixture().await;
+    let (mut node1, _) = f.agent("node1").await;
+    let mine = f.entry("spiffe://example.org/mine", "spiffe://example.org/agent/node1").await;
+    let mut stream = node1.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    f.admin.ban_agent(BanAgentRequest { spiffe_id: "spiffe://example.org/agent/node1".into() }).await.unwrap();
+
+    // The open stream ends with PermissionDenied.
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap();
+    assert_eq!(ended.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(node1.mint_x509_svids(mint_request(&mine)).await.unwrap_err().code(), Code::PermissionDenied);
+    let (_, request) = csr::new_key_and_csr().unwrap();
+    let renew = node1.renew_agent(RenewAgentRequest { csr: request }).await.unwrap_err();
+    assert_eq!(renew.code(), Code::PermissionDenied);
+    // Nor can it come back with a fresh join token under the same name.
+    let token = f.token("node1", 60).await;
+    let (_, request) = csr::new_key_and_csr().unwrap();
+    let back = f.anonymous().await.attest(AttestRequest { join_token: token, csr: request }).await.unwrap_err();
+    assert_eq!(back.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_renewed_agent_svid_supersedes_the_old_one() {
+    let mut f = fixture().await;
+    let (mut node1, old) = f.agent("node1").await;
+    let (key, request) = csr::new_key_and_csr().unwrap();
+    let renewed = node1.renew_agent(RenewAgentRequest { csr: request }).await.unwrap().into_inner();
+    let new = ClientIdentity { chain: renewed.svid_chain, key };
+
+    let mut with_old = connect(&f.addr, &f.td, &f.roots, Some(&old)).await.unwrap();
+    let refused = with_old.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("superseded"), "{}", refused.message());
+
+    let mut with_new = connect(&f.addr, &f.td, &f.roots, Some(&new)).await.unwrap();
+    assert!(with_new.sync_entries(SyncRequest { since_revision: 0 }).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_agent_refuses_a_server_outside_the_trust_bundle() {
+    let f = fixture().await;
+    let stranger = lanyard_ca::X509Authority::generate(&f.td, SystemTime::now(), Duration::from_secs(3600)).unwrap();
+    let result = connect(&f.addr, &f.td, &[stranger.cert_der().to_vec()], None).await;
+    let Err(e) = result else { panic!("connected to a server the bundle does not vouch for") };
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+}
