@@ -107,6 +107,9 @@ impl Agent {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(
+                    lanyard_proto::status::bad_input_is_invalid_argument::<tonic::body::Body>,
+                ))
                 .trace_fn(|req| {
                     tracing::info_span!(
                         "workload",

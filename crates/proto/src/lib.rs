@@ -5,16 +5,19 @@
 //! - [`common`], [`node`], [`admin`]: Lanyard's own `lanyard.*.v1` services.
 //!
 //! The code is produced at build time from `proto/` by `protox` and
-//! `tonic-prost-build`; nothing here is written by hand.
+//! `tonic-prost-build`; the one hand-written piece is [`status`], the
+//! status mapping every Lanyard server applies.
 
-#![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod status;
 
 /// The SPIFFE Workload API (`SpiffeWorkloadAPI` service).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod workload {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }
 
 /// Lanyard's own packages, nested as protobuf packages are (`lanyard.node.v1`).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod lanyard {
     /// `lanyard.common.*`
     pub mod common {

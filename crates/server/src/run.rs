@@ -9,11 +9,15 @@ use std::time::Duration;
 use lanyard_ca::{Clock, SystemClock};
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
+use lanyard_proto::status::bad_input_is_invalid_argument;
 use lanyard_store::{SledStore, Store, StoreError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tower::util::MapResponseLayer;
 
 use crate::admin::AdminApi;
 use crate::admin_socket;
@@ -139,6 +143,7 @@ impl Server {
         let incoming = tls_incoming(self.node_listener, TlsAcceptor::from(tls_config));
         let node_task = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(bad_input_layer())
                 .trace_fn(|req| tracing::info_span!("node", path = %req.uri().path(), caller = tracing::field::Empty))
                 .add_service(node)
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
@@ -148,6 +153,7 @@ impl Server {
             .max_decoding_message_size(ADMIN_MAX_MESSAGE);
         let admin_task = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(bad_input_layer())
                 .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path(), caller = tracing::field::Empty))
                 .add_service(admin)
                 .serve_with_incoming_shutdown(UnixListenerStream::new(self.admin_listener), stopped(stop_rx.clone())),
@@ -189,6 +195,11 @@ impl Server {
         let _ = std::fs::remove_file(&self.state.config.admin_socket);
         Ok(())
     }
+}
+
+/// Answers undecodable or oversized requests with InvalidArgument.
+fn bad_input_layer() -> MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>> {
+    MapResponseLayer::new(bad_input_is_invalid_argument::<Body>)
 }
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop,

@@ -320,3 +320,35 @@ async fn bundle_endpoint_serves_spiffe_bundle_jwks_and_discovery() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// A message whose field 1 is a varint: sent where a string is expected it
+/// does not decode.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongWireType {
+    #[prost(uint64, tag = "1")]
+    field: u64,
+}
+
+#[tokio::test]
+async fn undecodable_and_oversized_requests_are_invalid_argument() {
+    let server = start().await;
+    let channel = uds(server.dir.path().join("admin.sock")).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/lanyard.admin.v1.Admin/GetEntry");
+    let garbage: Result<tonic::Response<lanyard_proto::common::Entry>, _> = grpc
+        .unary(
+            tonic::Request::new(WrongWireType { field: 7 }),
+            path.clone(),
+            tonic_prost::ProstCodec::<WrongWireType, lanyard_proto::common::Entry>::default(),
+        )
+        .await;
+    let status = garbage.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let huge = GetEntryRequest { id: "x".repeat(2 * 1024 * 1024) };
+    let mut admin = server.admin.clone();
+    let status = admin.get_entry(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    server.stop().await;
+}
