@@ -1,1 +1,31 @@
-//! placeholder
+//! End-to-end tests: real `lanyard server run` and `lanyard agent run`
+//! processes, driven through the admin CLI and the SPIFFE Workload API.
+//!
+//! One test binary with modules, sharing the helpers in [`harness`] (one link
+//! step; see rustls `rustls-test/tests/api.rs`):
+//!
+//! - [`spiffe_client`]: the unmodified crates.io `spiffe` client against our agent;
+//! - [`security`]: the security invariants of DESIGN.md, each shown refusing;
+//! - [`resilience`]: rotation, server outage, SIGKILL durability;
+//! - [`cli`]: the command-line contract (errors on one line, files written).
+//!
+//! Every test starts its own server and agent in its own temp dir on its own
+//! port, so tests run in parallel; every child process is killed when its
+//! handle drops, also when a test panics, and a failing test prints the tail
+//! of the logs of the processes it started. The binary under test is the
+//! `lanyard` built from this package (`CARGO_BIN_EXE_lanyard`).
+
+// clippy.toml lets `#[test]` functions unwrap and panic; the helpers they
+// share are test code as well, and a failed unwrap is a failed test.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed unwrap or panic is a failed test with a line number"
+)]
+
+mod cli;
+mod harness;
+mod resilience;
+mod security;
+mod spiffe_client;

@@ -21,9 +21,9 @@ pub(crate) struct CachedSvid {
     pub(crate) key: Vec<u8>,
     /// Serial of the leaf, hex.
     pub(crate) serial: String,
-    /// Validity window.
-    pub(crate) not_before: SystemTime,
-    /// Validity window.
+    /// When it was issued; rotation counts from here.
+    pub(crate) issued_at: SystemTime,
+    /// When it expires.
     pub(crate) not_after: SystemTime,
     /// Fixed per SVID so the fleet spreads its renewals.
     pub(crate) jitter: Jitter,

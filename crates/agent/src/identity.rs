@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use lanyard_ca::svid;
-use lanyard_core::SpiffeId;
+use lanyard_core::{SpiffeId, rotation};
 use lanyard_proto::common;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ pub(crate) struct AgentIdentity {
     /// PKCS#8 DER private key; never leaves the node.
     pub(crate) key: Vec<u8>,
     /// notBefore of the leaf.
-    pub(crate) not_before: SystemTime,
+    pub(crate) issued_at: SystemTime,
     /// notAfter of the leaf.
     pub(crate) not_after: SystemTime,
 }
@@ -54,7 +54,13 @@ impl AgentIdentity {
     pub(crate) fn new(chain: Vec<Vec<u8>>, key: Vec<u8>) -> Result<Self, AgentError> {
         let leaf = chain.first().ok_or_else(|| AgentError::Protocol("empty agent SVID chain".into()))?;
         let info = svid::inspect_leaf(leaf).map_err(|e| AgentError::Protocol(format!("agent SVID: {e}")))?;
-        Ok(Self { spiffe_id: info.spiffe_id, chain, key, not_before: info.not_before, not_after: info.not_after })
+        Ok(Self {
+            spiffe_id: info.spiffe_id,
+            chain,
+            key,
+            issued_at: rotation::issued_at(info.not_before, info.not_after),
+            not_after: info.not_after,
+        })
     }
 
     /// Loads the identity saved in `dir`, if any.

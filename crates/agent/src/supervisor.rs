@@ -168,14 +168,14 @@ impl Supervisor {
     /// agent SVID to renew, a failed mint to retry.
     fn next_deadline(&self) -> Duration {
         let now = SystemTime::now();
-        let agent = rotation::rotation_time(self.identity.not_before, self.identity.not_after, Jitter::NONE);
-        let svids = self.snapshot.svids.values().map(|s| rotation::rotation_time(s.not_before, s.not_after, s.jitter));
+        let agent = rotation::rotation_time(self.identity.issued_at, self.identity.not_after, Jitter::NONE);
+        let svids = self.snapshot.svids.values().map(|s| rotation::rotation_time(s.issued_at, s.not_after, s.jitter));
         let soonest = svids.chain(std::iter::once(agent)).chain(self.retry_at).min().unwrap_or(agent);
         soonest.duration_since(now).unwrap_or(Duration::ZERO).max(Duration::from_millis(100))
     }
 
     fn agent_svid_due(&self) -> bool {
-        rotation::should_rotate(SystemTime::now(), self.identity.not_before, self.identity.not_after, Jitter::NONE)
+        rotation::should_rotate(SystemTime::now(), self.identity.issued_at, self.identity.not_after, Jitter::NONE)
     }
 
     async fn renew_agent(&mut self, client: &mut NodeClient<Channel>) -> Result<(), AgentError> {
@@ -210,7 +210,7 @@ impl Supervisor {
             .filter(|e| match self.snapshot.svids.get(&e.id) {
                 None => true,
                 Some(s) => {
-                    s.entry_revision != e.revision || rotation::should_rotate(now, s.not_before, s.not_after, s.jitter)
+                    s.entry_revision != e.revision || rotation::should_rotate(now, s.issued_at, s.not_after, s.jitter)
                 }
             })
             .cloned()
@@ -285,7 +285,7 @@ impl Supervisor {
             chain_der: chain.concat(),
             key: Vec::new(),
             serial: info.serial,
-            not_before: info.not_before,
+            issued_at: rotation::issued_at(info.not_before, info.not_after),
             not_after: info.not_after,
             jitter: Jitter::from_random(lanyard_ca::rand::u32().unwrap_or(u32::MAX / 2)),
             hint: entry.hint.clone(),

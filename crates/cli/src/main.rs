@@ -18,7 +18,18 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own output, exit 0.
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("lanyard: {}", usage_line(&e));
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -48,6 +59,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Jwt(cmd) => workload::jwt(cmd).await,
         Command::Demo => demo::run().await,
     }
+}
+
+/// clap's message without its `error:` prefix, tips and usage block.
+fn usage_line(e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see --help)")
 }
 
 /// The error and its causes on one line, without repeating a cause that

@@ -46,6 +46,15 @@ pub fn should_rotate(now: SystemTime, not_before: SystemTime, not_after: SystemT
     now >= rotation_time(not_before, not_after, jitter)
 }
 
+/// When a credential valid from `not_before` was issued: Lanyard backdates
+/// notBefore by [`BACKDATE`], so the issue time is that much later (never
+/// past `not_after`). Rotation counts from here; counting from notBefore
+/// would renew short-lived credentials early, and those of the minimum
+/// lifetime at once.
+pub fn issued_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    (not_before + BACKDATE).min(not_after)
+}
+
 /// The validity window of a credential minted at `now` for `ttl`, never
 /// outliving its issuer: notBefore backdated by [`BACKDATE`], notAfter
 /// `min(now + ttl, issuer_not_after)`.
@@ -87,6 +96,15 @@ mod tests {
         assert_eq!(na, at(2000));
         let (_, na) = validity(at(1000), Duration::from_secs(60), at(2000));
         assert_eq!(na, at(1060));
+    }
+
+    #[test]
+    fn issue_time_undoes_the_backdate() {
+        let (nb, na) = validity(at(1000), Duration::from_secs(10), at(5000));
+        assert_eq!(issued_at(nb, na), at(1000));
+        // Minimum lifetime: renewal is 5 s after issue, not at once.
+        assert_eq!(rotation_time(issued_at(nb, na), na, Jitter::NONE), at(1005));
+        assert_eq!(issued_at(at(0), at(5)), at(5));
     }
 
     #[test]

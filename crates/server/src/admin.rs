@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use lanyard_core::{EntryId, ids, unix_secs};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
@@ -163,7 +162,8 @@ impl Admin for AdminApi {
             return Err(ApiError::invalid("ttl", "must be between 1s and 7d").into());
         }
         let secret = lanyard_ca::rand::bytes::<32>().map_err(|e| ApiError::Internal(e.to_string()))?;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        // Hex, so a token never starts with '-' and reads as a flag.
+        let token = lanyard_core::hex::encode(&secret);
         let hash = lanyard_store::hash_join_token(&token);
         let now = unix_secs(self.state.now());
         let record = JoinTokenRecord { name: req.name.clone(), created_at: now, expires_at: now + ttl.as_secs() };

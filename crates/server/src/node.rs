@@ -268,6 +268,7 @@ async fn sync_loop(state: Arc<State>, agent: SpiffeId, mut since: u64, tx: mpsc:
     let mut revisions = state.store.subscribe_revision();
     let mut agent_events = state.agent_events.subscribe();
     let mut keys = state.keys.subscribe();
+    let mut shutdown = state.shutdown.subscribe();
     let mut sent_bundle = None;
     loop {
         revisions.borrow_and_update();
@@ -292,6 +293,14 @@ async fn sync_loop(state: Arc<State>, agent: SpiffeId, mut since: u64, tx: mpsc:
             r = agent_events.changed() => if r.is_err() { return },
             r = keys.changed() => if r.is_err() { return },
             () = tx.closed() => return,
+            r = shutdown.changed() => {
+                let stopping = r.is_err() || *shutdown.borrow();
+                if stopping {
+                    // The agent reconnects (to this server once it is back, or another).
+                    let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                    return;
+                }
+            }
         }
     }
 }

@@ -103,6 +103,7 @@ impl Server {
             clock,
             config,
             agent_events: watch::Sender::new(0),
+            shutdown: watch::Sender::new(false),
         });
         Ok(Self {
             state,
@@ -180,6 +181,7 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
+        self.state.shutdown.send_replace(true);
         renew_task.abort();
         let drain = async {
             let _ = node_task.await;

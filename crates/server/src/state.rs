@@ -22,6 +22,8 @@ pub(crate) struct State {
     /// Bumped whenever an agent record changes in a way live streams must
     /// notice (a ban).
     pub(crate) agent_events: watch::Sender<u64>,
+    /// Turns true when the server starts shutting down; long-lived streams end.
+    pub(crate) shutdown: watch::Sender<bool>,
 }
 
 impl State {

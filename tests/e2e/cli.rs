@@ -1,0 +1,203 @@
+//! The command-line contract: `lanyard demo` works, bad input and failed
+//! starts exit non-zero with one line saying why, and `svid fetch --write`
+//! writes the files a TLS library needs with the right modes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::harness::{
+    COMMAND_TIMEOUT, SVID_TIMEOUT, TD, TestAgent, TestServer, eventually, free_port, key_certified_by, lanyard,
+    own_selector, run, spiffe_id, stderr_lines, success,
+};
+
+/// Asserts a failed command: non-zero exit and exactly one line on stderr; that line.
+fn one_line_failure(what: &str, output: &Output) -> String {
+    assert!(!output.status.success(), "{what} succeeded");
+    let lines = stderr_lines(output);
+    assert_eq!(lines.len(), 1, "{what}: stderr is not one line: {lines:#?}");
+    lines[0].clone()
+}
+
+#[test]
+fn demo_runs_to_completion() {
+    let mut cmd = lanyard();
+    cmd.arg("demo");
+    let output = run(cmd, Duration::from_secs(90));
+    let stdout = success("lanyard demo", &output);
+    assert!(stdout.contains("Demo complete"), "{stdout}");
+}
+
+#[test]
+fn entry_create_refuses_a_malformed_spiffe_id() {
+    let server = TestServer::start();
+    let output = server.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "not-a-spiffe-id",
+        "--parent-id",
+        &spiffe_id("agent/node1"),
+        "--selector",
+        "unix:uid:1000",
+    ]);
+    assert!(!output.status.success());
+    let lines = stderr_lines(&output);
+    assert!(lines[0].contains("not-a-spiffe-id") && lines[0].contains("spiffe://"), "{lines:#?}");
+    assert!(server.entries().is_empty(), "nothing was created");
+}
+
+#[test]
+fn usage_errors_print_one_line() {
+    let mut cmd = lanyard();
+    cmd.args([
+        "entry",
+        "create",
+        "--spiffe-id",
+        "not-a-spiffe-id",
+        "--parent-id",
+        "spiffe://example.org/agent/node1",
+        "--selector",
+        "unix:uid:1000",
+        "--admin-socket",
+        "/nonexistent/admin.sock",
+    ]);
+    let line = one_line_failure("entry create with a bad SPIFFE ID", &run(cmd, COMMAND_TIMEOUT));
+    assert!(line.contains("not-a-spiffe-id"), "{line}");
+}
+
+#[test]
+fn entry_create_refuses_a_reserved_id() {
+    let server = TestServer::start();
+    let output = server.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        &spiffe_id("agent/x"),
+        "--parent-id",
+        &spiffe_id("agent/node1"),
+        "--selector",
+        &own_selector(),
+    ]);
+    let line = one_line_failure("entry create with a reserved ID", &output);
+    assert!(line.contains("invalid argument"), "{line}");
+    assert!(line.contains("reserved"), "{line}");
+    assert!(server.entries().is_empty(), "nothing was created");
+}
+
+#[test]
+fn entry_show_of_an_unknown_id_fails() {
+    let server = TestServer::start();
+    let line = one_line_failure(
+        "entry show of an unknown id",
+        &server.admin(&["entry", "show", "00112233445566778899aabbccddeeff"]),
+    );
+    assert!(line.contains("not found"), "{line}");
+}
+
+#[test]
+fn server_run_on_a_taken_port_fails_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = lanyard();
+    cmd.args(["server", "run", "--trust-domain", TD, "--listen", &addr])
+        .arg("--data-dir")
+        .arg(dir.path().join("server"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"));
+    let output = run(cmd, COMMAND_TIMEOUT);
+    assert!(!output.status.success(), "the server started on a taken port");
+    // Log lines may precede it; the failure itself is one line, the last.
+    let lines = stderr_lines(&output);
+    let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("lanyard:")).collect();
+    assert_eq!(errors.len(), 1, "{lines:#?}");
+    assert_eq!(Some(errors[0]), lines.last(), "{lines:#?}");
+    assert!(errors[0].contains(&addr), "{}", errors[0]);
+    assert!(!dir.path().join("admin.sock").exists());
+}
+
+#[test]
+fn second_server_on_the_same_store_fails() {
+    let server = TestServer::start();
+    let mut cmd = lanyard();
+    cmd.args(["server", "run", "--trust-domain", TD])
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .arg("--admin-socket")
+        .arg(server.dir().join("second-admin.sock"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+    let output = run(cmd, COMMAND_TIMEOUT);
+    let lines = stderr_lines(&output);
+    assert!(!output.status.success(), "two servers opened one store");
+    let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("lanyard:")).collect();
+    assert_eq!(errors.len(), 1, "{lines:#?}");
+    assert_eq!(Some(errors[0]), lines.last(), "{lines:#?}");
+    assert!(errors[0].contains("in use"), "{}", errors[0]);
+    // The first server is unaffected.
+    server.bundle_pem();
+}
+
+#[test]
+fn svid_fetch_writes_pem_files() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "writer");
+    let id = spiffe_id("connector/writer");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let target = out_dir.path().join("svid");
+
+    eventually(SVID_TIMEOUT, "svid fetch --write to succeed", || {
+        let mut cmd = lanyard();
+        cmd.args(["svid", "fetch", "--socket", &agent.endpoint(), "--write"]).arg(&target);
+        let output = run(cmd, COMMAND_TIMEOUT);
+        match output.status.success() {
+            true => Ok(output),
+            false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+        }
+    });
+
+    let read = |name: &str| std::fs::read_to_string(target.join(name)).unwrap();
+    let mode = |name: &str| std::fs::metadata(target.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("svid_key.pem"), 0o600, "private key mode");
+
+    let chain = lanyard_ca::bundle::parse_pem(&read("svid.pem"), "CERTIFICATE").unwrap();
+    assert!(!chain.is_empty(), "svid.pem holds the chain");
+    let leaf = lanyard_ca::svid::inspect_leaf(&chain[0]).unwrap();
+    assert_eq!(leaf.spiffe_id.as_str(), id);
+
+    let keys = lanyard_ca::bundle::parse_pem(&read("svid_key.pem"), "PRIVATE KEY").unwrap();
+    assert_eq!(keys.len(), 1, "svid_key.pem holds one PKCS#8 key");
+    assert!(key_certified_by(&leaf, &keys[0]), "svid_key.pem is the key svid.pem certifies");
+    let svid = spiffe::X509Svid::parse_from_der(&chain.concat(), &keys[0])
+        .expect("svid.pem and svid_key.pem form a valid X509-SVID");
+    assert_eq!(svid.spiffe_id().to_string(), id);
+
+    let bundle = lanyard_ca::bundle::parse_pem(&read("bundle.pem"), "CERTIFICATE").unwrap();
+    let server_bundle = lanyard_ca::bundle::parse_pem(&server.bundle_pem(), "CERTIFICATE").unwrap();
+    assert!(!bundle.is_empty());
+    assert_eq!(bundle, server_bundle, "bundle.pem is the trust bundle");
+}
+
+#[test]
+fn join_tokens_work_in_the_documented_form() {
+    let server = TestServer::start();
+    // Tokens are 256-bit hex: never starting with '-', so `--join-token TOKEN`
+    // cannot be mistaken for a flag.
+    for i in 0..20 {
+        let token = server.join_token(&format!("probe-{i}"), "10m");
+        assert_eq!(token.len(), 64, "{token:?}");
+        assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token:?}");
+    }
+    let name = "documented";
+    let token = server.join_token(name, "10m");
+    // The documented form: `--join-token TOKEN`, as `join-token create` printed it.
+    let agent = TestAgent::start_with_token_args(&server, name, &["--join-token".to_owned(), token]);
+    eventually(SVID_TIMEOUT, "the agent to attest", || {
+        let agents = server.agents();
+        match agents.iter().any(|a| a["spiffe_id"] == agent.spiffe_id()) {
+            true => Ok(()),
+            false => Err(agents),
+        }
+    });
+}

@@ -1,0 +1,300 @@
+//! The security invariants of DESIGN.md, each shown refusing: callers get
+//! only what their attested selectors match, agents only what they parent,
+//! banned agents nothing new; join tokens are single-use, expire and are
+//! stored hashed; the Workload API insists on its header; the admin socket
+//! is 0600.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lanyard_proto::workload::{
+    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+use crate::harness::{
+    SVID_TIMEOUT, TestAgent, TestServer, eventually, eventually_async, fetch_jwt, fetch_x509, other_uid, own_selector,
+    served_ids, spiffe_id, stderr_lines, wait_served, wait_synced, with_header, workload_client,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_that_no_entry_matches_gets_no_identity_issued() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "nomatch");
+    // Only another uid is registered on this agent.
+    let not_us = format!("unix:uid:{}", other_uid());
+    server.create_entry(&spiffe_id("connector/someone-else"), &agent.spiffe_id(), &[&not_us], &[]);
+
+    let x509 = wait_synced(&agent).await;
+    let status = x509.expect_err("a caller no entry matches must get no X.509-SVID");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "no identity issued");
+
+    let status = fetch_jwt(&agent.socket(), "some-tool", None)
+        .await
+        .expect_err("a caller no entry matches must get no JWT-SVID");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "no identity issued");
+
+    // Asking for the other uid's identity by name changes nothing.
+    let status = fetch_jwt(&agent.socket(), "some-tool", Some(&spiffe_id("connector/someone-else")))
+        .await
+        .expect_err("naming another workload's identity must not get it");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "no identity issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_api_requires_the_security_header() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "header");
+    let id = spiffe_id("connector/header");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    // With the header this caller is served: what follows is about the header alone.
+    wait_served(&agent, &id, SVID_TIMEOUT).await;
+
+    let mut client = workload_client(&agent.socket()).await.unwrap();
+    for header in [None, Some("false"), Some("1"), Some("TRUE")] {
+        fn request<T>(message: T, header: Option<&'static str>) -> tonic::Request<T> {
+            let mut req = tonic::Request::new(message);
+            if let Some(value) = header {
+                req.metadata_mut().insert(lanyard_proto::WORKLOAD_API_HEADER, MetadataValue::from_static(value));
+            }
+            req
+        }
+        let x509 = client.fetch_x509svid(request(X509svidRequest {}, header)).await.map(|_| ());
+        let jwt = client
+            .fetch_jwtsvid(request(
+                JwtsvidRequest { audience: vec!["some-tool".into()], spiffe_id: String::new() },
+                header,
+            ))
+            .await
+            .map(|_| ());
+        let validate = client
+            .validate_jwtsvid(request(
+                ValidateJwtsvidRequest { audience: "some-tool".into(), svid: "a.b.c".into() },
+                header,
+            ))
+            .await
+            .map(|_| ());
+        let x509_bundles = client.fetch_x509_bundles(request(X509BundlesRequest {}, header)).await.map(|_| ());
+        let jwt_bundles = client.fetch_jwt_bundles(request(JwtBundlesRequest {}, header)).await.map(|_| ());
+        for (rpc, result) in [
+            ("FetchX509SVID", x509),
+            ("FetchJWTSVID", jwt),
+            ("ValidateJWTSVID", validate),
+            ("FetchX509Bundles", x509_bundles),
+            ("FetchJWTBundles", jwt_bundles),
+        ] {
+            let status = result.expect_err(&format!("{rpc} with header {header:?} must fail"));
+            assert_eq!(status.code(), Code::InvalidArgument, "{rpc} with header {header:?}: {status:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_32_audiences_is_invalid_argument() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "audiences");
+    let id = spiffe_id("connector/audiences");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    wait_served(&agent, &id, SVID_TIMEOUT).await;
+
+    let mut client = workload_client(&agent.socket()).await.unwrap();
+    let request = |n: usize| {
+        with_header(JwtsvidRequest { audience: (0..n).map(|i| format!("aud-{i}")).collect(), spiffe_id: String::new() })
+    };
+    let status = client.fetch_jwtsvid(request(33)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let ok = client.fetch_jwtsvid(request(32)).await.unwrap().into_inner();
+    assert_eq!(ok.svids.len(), 1);
+    assert_eq!(ok.svids[0].spiffe_id, id);
+}
+
+#[test]
+fn join_token_is_single_use() {
+    let server = TestServer::start();
+    let token = server.join_token("once", "10m");
+    let _first = TestAgent::start_with_token(&server, "once", &token);
+    eventually(SVID_TIMEOUT, "the first agent to attest", || {
+        let agents = server.agents();
+        match agents.iter().any(|a| a["spiffe_id"] == spiffe_id("agent/once")) {
+            true => Ok(()),
+            false => Err(agents),
+        }
+    });
+
+    // A second agent, in another data dir, with the same token.
+    let second = TestAgent::run_to_exit(&server, &token, Duration::from_secs(20));
+    assert!(!second.status.success(), "a reused join token was accepted");
+    let lines = stderr_lines(&second);
+    let last = lines.last().map(String::as_str).unwrap_or_default();
+    assert!(last.contains("unknown or already used"), "last stderr line: {last:?}");
+
+    // An agent attested once; no second one appeared.
+    let agents = server.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+}
+
+#[test]
+fn unknown_join_token_is_refused() {
+    let server = TestServer::start();
+    let output = TestAgent::run_to_exit(
+        &server,
+        "bm90LWEtdG9rZW4tdGhhdC13YXMtZXZlci1pc3N1ZWQtYnktdGhpcw",
+        Duration::from_secs(20),
+    );
+    assert!(!output.status.success(), "an unknown join token was accepted");
+    let lines = stderr_lines(&output);
+    let last = lines.last().map(String::as_str).unwrap_or_default();
+    assert!(last.contains("unknown or already used"), "last stderr line: {last:?}");
+    assert!(server.agents().is_empty());
+}
+
+#[test]
+fn expired_join_token_is_refused() {
+    let server = TestServer::start();
+    let token = server.join_token("late", "1s");
+    // Waiting for time to pass is the point here, so this is a sleep, not a poll.
+    std::thread::sleep(Duration::from_millis(2100));
+    let output = TestAgent::run_to_exit(&server, &token, Duration::from_secs(20));
+    assert!(!output.status.success(), "an expired join token was accepted");
+    let lines = stderr_lines(&output);
+    let last = lines.last().map(String::as_str).unwrap_or_default();
+    assert!(last.contains("expired"), "last stderr line: {last:?}");
+    assert!(server.agents().is_empty(), "no agent was attested");
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn join_tokens_are_stored_hashed() {
+    let server = TestServer::start();
+    let name = "hashed-node-7f3a";
+    let token = server.join_token(name, "10m");
+    // The write is acknowledged only once durable, so it is on disk now.
+    let files: Vec<Vec<u8>> = files_under(&server.data_dir()).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(
+        files.iter().any(|f| contains(f, name.as_bytes())),
+        "the token record (with its agent name) should be readable on disk"
+    );
+    assert!(
+        !files.iter().any(|f| contains(f, token.as_bytes())),
+        "the join token is stored in clear text in the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banned_agent_gets_no_new_svids() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "tobeban");
+    let socket = agent.socket();
+
+    // Before the ban, a newly created entry is served.
+    let before = spiffe_id("connector/before-ban");
+    server.create_entry(&before, &agent.spiffe_id(), &[&own_selector()], &[]);
+    wait_served(&agent, &before, SVID_TIMEOUT).await;
+    // ... and JWT-SVIDs are minted for it.
+    fetch_jwt(&socket, "pre-ban-tool", None).await.unwrap();
+
+    let out = server.admin_ok(&["agent", "ban", &agent.spiffe_id()]);
+    assert!(out.contains(&agent.spiffe_id()), "{out}");
+    let agents = server.agents();
+    let record = agents
+        .iter()
+        .find(|a| a["spiffe_id"] == agent.spiffe_id())
+        .unwrap_or_else(|| panic!("agent not listed: {agents:?}"));
+    assert_eq!(record["banned"], true, "{record}");
+
+    // After the ban, a new entry for the same caller is never served.
+    let after = spiffe_id("connector/after-ban");
+    server.create_entry(&after, &agent.spiffe_id(), &[&own_selector()], &[]);
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < watch_until {
+        if let Ok(ids) = served_ids(&socket).await {
+            assert!(!ids.contains(&after), "a banned agent served an entry created after the ban");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Nor can it get a JWT-SVID minted (an audience it never asked for, so
+    // nothing can come from its cache).
+    let refused = fetch_jwt(&socket, "post-ban-tool", Some(&before)).await;
+    assert!(refused.is_err(), "a banned agent got a new JWT-SVID minted: {refused:?}");
+    let refused = fetch_jwt(&socket, "post-ban-tool", Some(&after)).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_never_serves_entries_parented_by_another_agent() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "this-node");
+    // Created first: an entry for our uid under another agent...
+    let foreign = spiffe_id("connector/foreign");
+    server.create_entry(&foreign, &spiffe_id("agent/other"), &[&own_selector()], &[]);
+    // ... then one under ours. Once ours is served the agent has synced past
+    // the foreign one.
+    let ours = spiffe_id("connector/ours");
+    let ours_entry = server.create_entry(&ours, &agent.spiffe_id(), &[&own_selector()], &[]);
+    wait_served(&agent, &ours, SVID_TIMEOUT).await;
+
+    let ids = served_ids(&agent.socket()).await.unwrap();
+    assert_eq!(ids, vec![ours.clone()], "only this agent's entry is served");
+    let jwt = fetch_jwt(&agent.socket(), "some-tool", None).await.unwrap();
+    let jwt_ids: Vec<_> = jwt.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+    assert_eq!(jwt_ids, vec![ours]);
+    let status = fetch_jwt(&agent.socket(), "some-tool", Some(&foreign))
+        .await
+        .expect_err("another agent's identity must not be served");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "no identity issued");
+
+    // With no entry of its own left, the caller gets nothing at all.
+    server.admin_ok(&["entry", "delete", &ours_entry]);
+    let status = eventually_async(SVID_TIMEOUT, "the deletion to reach the agent", async || {
+        match fetch_x509(&agent.socket()).await {
+            Ok(r) => Err(r.svids.len()),
+            Err(s) => Ok(s),
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "no identity issued");
+}
+
+#[test]
+fn admin_socket_is_owner_only() {
+    let server = TestServer::start();
+    let meta = std::fs::symlink_metadata(server.admin_socket()).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "admin socket mode is {:o}",
+        meta.permissions().mode() & 0o777
+    );
+    // No staging directory is left next to it.
+    let leftovers: Vec<_> = std::fs::read_dir(server.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".lanyard-admin"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
