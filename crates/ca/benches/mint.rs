@@ -44,6 +44,14 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("sign");
     group.throughput(Throughput::Elements(1));
     group.bench_function("raw ring ES256 sign", |b| b.iter(|| raw.sign(&rng, black_box(&message)).expect("sign")));
+    let signature = raw.sign(&rng, &message).expect("sign");
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        ring::signature::KeyPair::public_key(&raw).as_ref().to_vec(),
+    );
+    group.bench_function("raw ring ES256 verify", |b| {
+        b.iter(|| public.verify(black_box(&message), signature.as_ref()).expect("verify"))
+    });
     group.bench_function("X.509-SVID from CSR (parse CSR + sign)", |b| {
         b.iter(|| {
             let template =
