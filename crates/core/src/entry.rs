@@ -9,6 +9,7 @@ use crate::duration::Ttl;
 use crate::ids;
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::task::{Audience, Classification, DelegatePattern, MAX_DELEGATES, MAX_TASK_AUDIENCES, MAX_TOOLS, Tool};
 
 /// Most selectors one entry may carry.
 pub const MAX_SELECTORS: usize = 32;
@@ -154,6 +155,9 @@ pub enum EntryError {
     /// The hint is too long or has control characters.
     #[error("hint must be at most 128 printable characters")]
     BadHint,
+    /// Too many tools, audiences or delegates.
+    #[error("an entry may name at most {MAX_TOOLS} tools, {MAX_TASK_AUDIENCES} audiences and {MAX_DELEGATES} delegates")]
+    TooManyCeilings,
 }
 
 /// A registration entry.
@@ -182,6 +186,25 @@ pub struct Entry {
     pub hint: String,
     /// Bumped on every change.
     pub revision: u64,
+    /// Tools this connector may ever be scoped to (task ceiling).
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// Audiences it may ever get task tokens for (task ceiling).
+    #[serde(default)]
+    pub audiences: Vec<Audience>,
+    /// The most sensitive data its tasks may touch.
+    #[serde(default = "lowest_classification")]
+    pub max_classification: Classification,
+    /// Connectors it may hand a sub-task to.
+    #[serde(default)]
+    pub delegate_to: Vec<DelegatePattern>,
+    /// Whether this workload may begin tasks (an orchestrator, MCP host or gateway).
+    #[serde(default)]
+    pub task_authority: bool,
+}
+
+fn lowest_classification() -> Classification {
+    Classification::Public
 }
 
 impl Entry {
@@ -192,6 +215,16 @@ impl Entry {
         self.selectors.dedup();
         self.dns_names.sort();
         self.dns_names.dedup();
+        self.tools.sort();
+        self.tools.dedup();
+        self.audiences.sort();
+        self.audiences.dedup();
+        self.delegate_to.sort();
+        self.delegate_to.dedup();
+        if self.tools.len() > MAX_TOOLS || self.audiences.len() > MAX_TASK_AUDIENCES || self.delegate_to.len() > MAX_DELEGATES
+        {
+            return Err(EntryError::TooManyCeilings);
+        }
         if self.selectors.is_empty() {
             return Err(EntryError::NoSelectors);
         }
@@ -247,6 +280,11 @@ mod tests {
             expires_at: None,
             hint: String::new(),
             revision: 1,
+            tools: vec![Tool::parse("github.search").unwrap()],
+            audiences: vec![Audience::parse("api.github.com").unwrap()],
+            max_classification: Classification::Internal,
+            delegate_to: vec![],
+            task_authority: false,
         }
     }
 
@@ -293,6 +331,17 @@ mod tests {
             mutate(&mut e);
             assert_eq!(e.check(&td()), Err(want), "case {i}");
         }
+    }
+
+    #[test]
+    fn old_records_without_ceilings_get_the_narrowest() {
+        let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        for field in ["tools", "audiences", "max_classification", "delegate_to", "task_authority"] {
+            json.as_object_mut().unwrap().remove(field);
+        }
+        let e: Entry = serde_json::from_value(json).unwrap();
+        assert!(e.tools.is_empty() && e.audiences.is_empty() && e.delegate_to.is_empty() && !e.task_authority);
+        assert_eq!(e.max_classification, Classification::Public);
     }
 
     #[test]

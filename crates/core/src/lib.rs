@@ -21,12 +21,17 @@ pub mod ids;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;
+pub mod task;
 
 pub use duration::{DurationError, Ttl, format_duration, parse_duration};
 pub use entry::{DnsName, Entry, EntryError, EntryId};
 pub use rotation::{Jitter, should_rotate};
 pub use selector::{Selector, SelectorError};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use task::{
+    Action, Audience, Classification, DelegatePattern, EndReason, SessionId, Task, TaskFieldError, TaskId, Tool, User,
+    UserField,
+};
 
 /// Seconds since the Unix epoch for `t`, 0 for times before it.
 pub fn unix_secs(t: std::time::SystemTime) -> u64 {
