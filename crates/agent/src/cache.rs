@@ -112,6 +112,11 @@ mod tests {
             expires_at,
             hint: String::new(),
             revision: 1,
+            tools: vec![],
+            audiences: vec![],
+            max_classification: lanyard_core::Classification::Public,
+            delegate_to: vec![],
+            task_authority: false,
         })
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lanyard_ca::{JwtAuthorityKey, TrustBundle};
-use lanyard_core::{DnsName, Entry, EntryId, Selector, SpiffeId, TrustDomain, Ttl};
+use lanyard_core::{Classification, DnsName, Entry, EntryId, Selector, SpiffeId, TrustDomain, Ttl};
 use lanyard_jose::VerifyingKey;
 use lanyard_proto::common;
 
@@ -37,7 +37,23 @@ pub(crate) fn entry_from_proto(p: &common::Entry) -> Result<Entry, AgentError> {
         expires_at: u64::try_from(p.expires_at).ok().filter(|t| *t > 0),
         hint: p.hint.clone(),
         revision: p.revision,
+        tools: parse_all("entry tool", &p.tools)?,
+        audiences: parse_all("entry audience", &p.audiences)?,
+        max_classification: match p.max_classification.as_str() {
+            "" => Classification::Public,
+            s => s.parse().map_err(|e| bad("entry max_classification", e))?,
+        },
+        delegate_to: parse_all("entry delegate_to", &p.delegate_to)?,
+        task_authority: p.task_authority,
     })
+}
+
+fn parse_all<T>(what: &str, values: &[String]) -> Result<Vec<T>, AgentError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    values.iter().map(|v| v.parse().map_err(|e| bad(what, e))).collect()
 }
 
 /// Parses a trust bundle sent by the server; it must have a CA.

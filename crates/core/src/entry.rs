@@ -156,7 +156,9 @@ pub enum EntryError {
     #[error("hint must be at most 128 printable characters")]
     BadHint,
     /// Too many tools, audiences or delegates.
-    #[error("an entry may name at most {MAX_TOOLS} tools, {MAX_TASK_AUDIENCES} audiences and {MAX_DELEGATES} delegates")]
+    #[error(
+        "an entry may name at most {MAX_TOOLS} tools, {MAX_TASK_AUDIENCES} audiences and {MAX_DELEGATES} delegates"
+    )]
     TooManyCeilings,
 }
 
@@ -221,7 +223,9 @@ impl Entry {
         self.audiences.dedup();
         self.delegate_to.sort();
         self.delegate_to.dedup();
-        if self.tools.len() > MAX_TOOLS || self.audiences.len() > MAX_TASK_AUDIENCES || self.delegate_to.len() > MAX_DELEGATES
+        if self.tools.len() > MAX_TOOLS
+            || self.audiences.len() > MAX_TASK_AUDIENCES
+            || self.delegate_to.len() > MAX_DELEGATES
         {
             return Err(EntryError::TooManyCeilings);
         }

@@ -2,7 +2,7 @@
 //! at the edge, before any logic sees them.
 
 use lanyard_ca::TrustBundle;
-use lanyard_core::{DnsName, Entry, EntryId, Selector, SpiffeId, Ttl};
+use lanyard_core::{Classification, DnsName, Entry, EntryId, Selector, SpiffeId, Ttl};
 use lanyard_proto::{admin, common};
 use lanyard_store::AgentRecord;
 
@@ -58,6 +58,14 @@ pub(crate) fn entry_from_proto(p: common::Entry, id: EntryId, defaults: TtlDefau
         expires_at,
         hint: p.hint,
         revision: 0,
+        tools: parse_all("tool", &p.tools)?,
+        audiences: parse_all("audience", &p.audiences)?,
+        max_classification: match p.max_classification.as_str() {
+            "" => Classification::Public,
+            s => s.parse().map_err(|e| ApiError::invalid("max_classification", e))?,
+        },
+        delegate_to: parse_all("delegate_to", &p.delegate_to)?,
+        task_authority: p.task_authority,
     })
 }
 
@@ -73,7 +81,21 @@ pub(crate) fn entry_to_proto(e: &Entry) -> common::Entry {
         expires_at: e.expires_at.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
         revision: e.revision,
         hint: e.hint.clone(),
+        tools: e.tools.iter().map(ToString::to_string).collect(),
+        audiences: e.audiences.iter().map(ToString::to_string).collect(),
+        max_classification: e.max_classification.to_string(),
+        delegate_to: e.delegate_to.iter().map(ToString::to_string).collect(),
+        task_authority: e.task_authority,
     }
+}
+
+/// Parses every string of a repeated field; the error names the field and value.
+pub(crate) fn parse_all<T>(field: &str, values: &[String]) -> Result<Vec<T>, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    values.iter().map(|v| v.parse().map_err(|e| ApiError::invalid(field, e))).collect()
 }
 
 pub(crate) fn bundle_to_proto(b: &TrustBundle) -> common::Bundle {

@@ -32,6 +32,11 @@ fn entry(entry_id: &str, parent: &str) -> Entry {
         expires_at: None,
         hint: String::new(),
         revision: 0,
+        tools: vec![],
+        audiences: vec![],
+        max_classification: lanyard_core::Classification::Public,
+        delegate_to: vec![],
+        task_authority: false,
     }
 }
 
