@@ -48,10 +48,10 @@ async fn next_rotation(
     let rotated = tokio::time::timeout(until_expiry, async {
         loop {
             let message = stream.message().await.unwrap().expect("the stream stays open");
-            if let Some(s) = served(&message).into_iter().find(|s| s.spiffe_id == id) {
-                if s.leaf.serial != first.leaf.serial {
-                    return (s, SystemTime::now());
-                }
+            if let Some(s) = served(&message).into_iter().find(|s| s.spiffe_id == id)
+                && s.leaf.serial != first.leaf.serial
+            {
+                return (s, SystemTime::now());
             }
         }
     })

@@ -121,10 +121,8 @@ pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) ->
         if let Some(path) = path.to_str() {
             selectors.extend(Selector::parse(&format!("unix:path:{path}")).ok());
         }
-        if need_digest {
-            if let Some(d) = exe_digest(pid, cache) {
-                selectors.push(Selector::Sha256(d));
-            }
+        if need_digest && let Some(d) = exe_digest(pid, cache) {
+            selectors.push(Selector::Sha256(d));
         }
     }
     // The same process must still hold the pid after all those reads.

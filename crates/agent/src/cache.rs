@@ -17,6 +17,8 @@ pub(crate) struct CachedSvid {
     pub(crate) spiffe_id: SpiffeId,
     /// DER certificates, concatenated, leaf first (the Workload API form).
     pub(crate) chain_der: Vec<u8>,
+    /// The leaf alone: what binds a task token to this SVID.
+    pub(crate) leaf_der: Vec<u8>,
     /// PKCS#8 DER private key, generated here.
     pub(crate) key: Vec<u8>,
     /// Serial of the leaf, hex.

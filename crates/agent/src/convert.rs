@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lanyard_ca::{JwtAuthorityKey, TrustBundle};
+use lanyard_ca::{JwtAuthorityKey, JwtKeyPurpose, TrustBundle};
 use lanyard_core::{Classification, DnsName, Entry, EntryId, Selector, SpiffeId, TrustDomain, Ttl};
 use lanyard_jose::VerifyingKey;
 use lanyard_proto::common;
@@ -66,9 +66,12 @@ pub fn bundle_from_proto(p: &common::Bundle) -> Result<TrustBundle, AgentError> 
         .iter()
         .map(|k| {
             let key = VerifyingKey::from_spki_der(&k.public_key).map_err(|e| bad("bundle JWT key", e))?;
+            let purpose = JwtKeyPurpose::parse(&k.purpose)
+                .ok_or_else(|| bad("bundle JWT key purpose", format!("{:?}", k.purpose)))?;
             Ok(JwtAuthorityKey {
                 key: key.with_kid(k.kid.clone()),
                 expires_at: u64::try_from(k.expires_at).unwrap_or(0),
+                purpose,
             })
         })
         .collect::<Result<_, AgentError>>()?;

@@ -33,6 +33,7 @@ mod jwt_cache;
 mod node_client;
 mod run;
 mod supervisor;
+mod tasks;
 mod uds;
 mod workload;
 

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use lanyard_ca::{bundle, csr, svid};
 use lanyard_core::TrustDomain;
+use lanyard_proto::agent::tasks_server::TasksServer;
 use lanyard_proto::node::AttestRequest;
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
@@ -102,6 +103,7 @@ impl Agent {
             attest_cache: Arc::new(attest::AttestCache::default()),
             jwts: Arc::new(jwt_cache::JwtCache::default()),
         };
+        let tasks = TasksServer::new(api.clone()).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         let service = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         tracing::info!(socket = %self.config.socket.display(), "workload API ready");
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -119,6 +121,7 @@ impl Agent {
                     )
                 })
                 .add_service(tonic::service::interceptor::InterceptedService::new(service, workload::require_header))
+                .add_service(tonic::service::interceptor::InterceptedService::new(tasks, workload::require_header))
                 .serve_with_incoming_shutdown(uds::incoming(self.listener), async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 }),

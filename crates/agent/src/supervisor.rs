@@ -283,6 +283,7 @@ impl Supervisor {
             entry_revision: entry.revision,
             spiffe_id: info.spiffe_id,
             chain_der: chain.concat(),
+            leaf_der: chain.first().cloned().unwrap_or_default(),
             key: Vec::new(),
             serial: info.serial,
             issued_at: rotation::issued_at(info.not_before, info.not_after),

@@ -55,7 +55,7 @@ pub(crate) fn require_header(req: Request<()>) -> Result<Request<()>, Status> {
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
-    fn synced(&self) -> Result<Arc<Snapshot>, Status> {
+    pub(crate) fn synced(&self) -> Result<Arc<Snapshot>, Status> {
         let snap = Arc::clone(&self.snapshots.borrow());
         if !snap.synced {
             return Err(Status::unavailable("agent has not synced with the server yet"));
@@ -64,7 +64,7 @@ impl WorkloadApi {
     }
 
     /// Attests the caller; its selectors.
-    async fn attest<T>(&self, req: &Request<T>, snap: &Snapshot) -> Result<Vec<Selector>, Status> {
+    pub(crate) async fn attest<T>(&self, req: &Request<T>, snap: &Snapshot) -> Result<Vec<Selector>, Status> {
         let peer = req.extensions().get::<Option<PeerInfo>>().copied().flatten();
         if let Some(p) = peer {
             tracing::Span::current().record("pid", p.pid).record("uid", p.uid);
@@ -86,7 +86,7 @@ impl WorkloadApi {
     }
 
     /// The caller's entries; PermissionDenied when there are none.
-    fn entitled(snap: &Snapshot, selectors: &[Selector]) -> Result<Vec<Arc<Entry>>, Status> {
+    pub(crate) fn entitled(snap: &Snapshot, selectors: &[Selector]) -> Result<Vec<Arc<Entry>>, Status> {
         let entries: Vec<_> = snap.matching(selectors, unix_secs(SystemTime::now())).into_iter().cloned().collect();
         if entries.is_empty() {
             return Err(Status::permission_denied(NO_IDENTITY));

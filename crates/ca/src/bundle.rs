@@ -8,6 +8,31 @@ use lanyard_core::TrustDomain;
 use lanyard_jose::{Jwk, Jwks, VerifyingKey};
 use serde::Serialize;
 
+/// What a JWT key signs. Both kinds are JWT-SVID keys to a SPIFFE validator;
+/// a Lanyard verifier that requires a task token accepts only the second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JwtKeyPurpose {
+    /// JWT-SVIDs from the Workload API.
+    JwtSvid,
+    /// Task tokens.
+    TaskToken,
+}
+
+impl JwtKeyPurpose {
+    /// `jwt-svid` or `task-token`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JwtSvid => "jwt-svid",
+            Self::TaskToken => "task-token",
+        }
+    }
+
+    /// Parses [`JwtKeyPurpose::as_str`]'s output; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::JwtSvid, Self::TaskToken].into_iter().find(|p| p.as_str() == s)
+    }
+}
+
 /// A JWT signing key as published, with the end of its use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtAuthorityKey {
@@ -15,6 +40,8 @@ pub struct JwtAuthorityKey {
     pub key: VerifyingKey,
     /// Unix seconds after which nothing it signed is valid.
     pub expires_at: u64,
+    /// What it signs.
+    pub purpose: JwtKeyPurpose,
 }
 
 /// The trust bundle of one trust domain.

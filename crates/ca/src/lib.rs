@@ -32,14 +32,16 @@ mod error;
 pub mod jwt;
 pub mod rand;
 pub mod svid;
+pub mod task_token;
 mod x509;
 
 #[cfg(test)]
 mod tests;
 
-pub use bundle::{JwtAuthorityKey, TrustBundle};
+pub use bundle::{JwtAuthorityKey, JwtKeyPurpose, TrustBundle};
 pub use error::CaError;
 pub use jwt::{JwtAuthority, JwtSvidClaims, JwtSvidTemplate};
+pub use task_token::{SignedTaskToken, TaskTokenClaims, TaskTokenTemplate};
 pub use x509::{SignedCert, X509Authority, X509SvidTemplate};
 
 use std::time::SystemTime;

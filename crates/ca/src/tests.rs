@@ -201,7 +201,11 @@ fn bundle_formats() {
     let bundle = TrustBundle {
         trust_domain: td(),
         x509_authorities: vec![ca.cert_der().to_vec()],
-        jwt_authorities: vec![JwtAuthorityKey { key: jwt.verifying_key(), expires_at: 1 }],
+        jwt_authorities: vec![JwtAuthorityKey {
+            key: jwt.verifying_key(),
+            expires_at: 1,
+            purpose: JwtKeyPurpose::JwtSvid,
+        }],
         sequence: 7,
         refresh_hint: Duration::from_secs(300),
     };
@@ -223,4 +227,69 @@ fn bundle_formats() {
     let jwks = serde_json::to_value(bundle.jwt_jwks()).unwrap();
     assert_eq!(jwks["keys"][0]["kid"], jwt.kid());
     assert!(jwks["keys"][0].get("use").is_none());
+}
+
+fn task_template(expires_in: u64) -> TaskTokenTemplate {
+    TaskTokenTemplate {
+        issuer: Some("https://lanyard.example".into()),
+        connector: SpiffeId::parse("spiffe://example.org/connector/github").unwrap(),
+        audience: "api.github.com".parse().unwrap(),
+        task: lanyard_core::TaskId::from_bytes([7; 16]),
+        tools: vec!["github.search".parse().unwrap(), "github.create_issue".parse().unwrap()],
+        action: lanyard_core::Action::Write,
+        classification: lanyard_core::Classification::Internal,
+        user: lanyard_core::User { iss: "https://idp.example".parse().unwrap(), sub: "alice".parse().unwrap() },
+        session: "s-1".parse().unwrap(),
+        chain: vec![SpiffeId::parse("spiffe://example.org/orchestrator").unwrap()],
+        cnf_x5t_s256: task_token::x5t_s256(b"certificate"),
+        expires_at: now() + Duration::from_secs(expires_in),
+    }
+}
+
+#[test]
+fn task_token_carries_every_claim_and_passes_as_a_jwt_svid() {
+    let key = JwtAuthority::generate(now(), Duration::from_secs(86_400)).unwrap();
+    let signed = key.sign_task_token(&task_template(300), now()).unwrap();
+    let header = lanyard_jose::decode_header(&signed.token).unwrap();
+    assert_eq!((header.alg.as_str(), header.kid.as_str(), header.typ.as_deref()), ("ES256", key.kid(), Some("JWT")));
+
+    // Any JWT-SVID validator accepts it as the connector's identity for the audience.
+    let (sub, claims) =
+        jwt::validate_jwt_svid(&signed.token, "api.github.com", &td(), &[key.verifying_key()], now()).unwrap();
+    assert_eq!(sub.as_str(), "spiffe://example.org/connector/github");
+    assert_eq!(claims["aud"], "api.github.com", "a single audience, as a string");
+    assert_eq!(claims["txn"], "07070707070707070707070707070707");
+    assert_eq!(claims["scope"], "tool:github.search tool:github.create_issue");
+    assert_eq!(claims["user"], serde_json::json!({"iss": "https://idp.example", "sub": "alice"}));
+    assert_eq!(claims["sid"], "s-1");
+    assert_eq!(claims["chain"], serde_json::json!(["spiffe://example.org/orchestrator"]));
+    assert_eq!(claims["cnf"]["x5t#S256"], task_token::x5t_s256(b"certificate"));
+    assert_eq!(claims["jti"], signed.jti.as_str());
+    assert_eq!(claims["exp"], lanyard_core::unix_secs(now()) + 300);
+    assert_eq!(
+        claims["authorization_details"][1],
+        serde_json::json!({
+            "type": "lanyard_tool",
+            "identifier": "github.create_issue",
+            "actions": ["write"],
+            "locations": ["api.github.com"],
+            "datatypes": ["internal"],
+        })
+    );
+    let parsed: TaskTokenClaims = serde_json::from_value(serde_json::Value::Object(claims)).unwrap();
+    assert_eq!(parsed.authorization_details.len(), 2);
+}
+
+#[test]
+fn task_token_never_outlives_its_key_and_refuses_empty_or_past() {
+    let key = JwtAuthority::generate(now(), Duration::from_secs(60)).unwrap();
+    let signed = key.sign_task_token(&task_template(300), now()).unwrap();
+    assert_eq!(signed.expires_at, now() + Duration::from_secs(60));
+    let root = TaskTokenTemplate { chain: vec![], ..task_template(300) };
+    let token = key.sign_task_token(&root, now()).unwrap().token;
+    let (_, claims) = jwt::validate_jwt_svid(&token, "api.github.com", &td(), &[key.verifying_key()], now()).unwrap();
+    assert!(claims.get("chain").is_none(), "no chain on a root task's token");
+    assert!(key.sign_task_token(&TaskTokenTemplate { tools: vec![], ..task_template(300) }, now()).is_err());
+    assert!(key.sign_task_token(&task_template(0), now()).is_err());
+    assert_eq!(task_token::jti_hash("abc").len(), 64);
 }

@@ -99,6 +99,21 @@ fn apply_fields(entry: &mut Entry, fields: EntryFields, create: bool) {
     if let Some(hint) = fields.hint {
         entry.hint = hint;
     }
+    if create || !fields.tools.is_empty() {
+        entry.tools = fields.tools;
+    }
+    if create || !fields.audiences.is_empty() {
+        entry.audiences = fields.audiences;
+    }
+    if let Some(c) = fields.max_classification {
+        entry.max_classification = c;
+    }
+    if create || !fields.delegate_to.is_empty() {
+        entry.delegate_to = fields.delegate_to;
+    }
+    if let Some(t) = fields.task_authority {
+        entry.task_authority = t;
+    }
 }
 
 pub(crate) async fn join_token(cmd: JoinTokenCommand) -> anyhow::Result<()> {

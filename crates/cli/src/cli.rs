@@ -37,8 +37,328 @@ pub(crate) enum Command {
     /// JWT-SVIDs, as a workload sees them through the agent.
     #[command(subcommand)]
     Jwt(JwtCommand),
-    /// Start a server and an agent in a temp dir, issue and check SVIDs, stop.
+    /// Tasks: one user's request, served by one connector.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Task tokens, as a workload sees them through the agent.
+    #[command(subcommand, name = "task-token")]
+    TaskToken(TaskTokenCommand),
+    /// End-user sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Risk reports on users, connectors, agents or sessions.
+    #[command(subcommand)]
+    Risk(RiskCommand),
+    /// Individual tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Start a server and an agent in a temp dir, issue and check SVIDs and a task token, stop.
     Demo,
+}
+
+/// Where a command that an admin or a workload may run is sent: the admin
+/// socket when one is named (flag or LANYARD_ADMIN_SOCKET), else the agent
+/// socket when one is named (flag or SPIFFE_ENDPOINT_SOCKET), else the default
+/// admin socket.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct EitherSocket {
+    /// The server's admin socket.
+    #[arg(long, env = "LANYARD_ADMIN_SOCKET")]
+    pub(crate) admin_socket: Option<PathBuf>,
+    /// The agent's socket, to act as the calling workload.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
+    pub(crate) socket: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TaskCommand {
+    /// Begin a task (as an admin, or as a workload with task authority); prints the task id.
+    Begin(TaskBegin),
+    /// End a task and every task delegated from it.
+    End {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        socket: EitherSocket,
+    },
+    /// List tasks.
+    List {
+        /// Only tasks that can still mint.
+        #[arg(long)]
+        active: bool,
+        /// Only this connector's.
+        #[arg(long)]
+        connector: Option<SpiffeId>,
+        /// Only this session's.
+        #[arg(long)]
+        session: Option<String>,
+        #[command(flatten)]
+        admin: AdminSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Hand part of a task to another connector (as the task's connector); prints the child id.
+    Delegate {
+        /// The parent task.
+        #[arg(long)]
+        task: String,
+        /// The connector that will serve the child task.
+        #[arg(long)]
+        to: SpiffeId,
+        /// A tool of the parent's for the child; repeatable.
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+        /// An audience of the parent's (default: all of them); repeatable.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// How long (default: as long as the parent).
+        #[arg(long, value_parser = lanyard_core::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TaskBegin {
+    /// The connector that will serve the task.
+    #[arg(long)]
+    pub(crate) connector: SpiffeId,
+    /// The end user's subject.
+    #[arg(long)]
+    pub(crate) user_sub: String,
+    /// The end user's identity provider.
+    #[arg(long)]
+    pub(crate) user_iss: String,
+    /// The end user's session.
+    #[arg(long)]
+    pub(crate) session: String,
+    /// A tool the task may use; repeatable.
+    #[arg(long = "tool", required = true)]
+    pub(crate) tools: Vec<String>,
+    /// An audience the task may present tokens to; repeatable.
+    #[arg(long = "audience", required = true)]
+    pub(crate) audiences: Vec<String>,
+    /// public, internal, confidential or restricted.
+    #[arg(long)]
+    pub(crate) classification: String,
+    /// read, write, delete or execute.
+    #[arg(long)]
+    pub(crate) action: String,
+    /// How long the task lasts.
+    #[arg(long, default_value = "10m", value_parser = lanyard_core::parse_duration)]
+    pub(crate) ttl: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) socket: EitherSocket,
+    #[command(flatten)]
+    pub(crate) output: OutputArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TaskTokenCommand {
+    /// Fetch a task token for this process; prints the JWT.
+    Fetch {
+        /// Task id.
+        #[arg(long)]
+        task: String,
+        /// The one audience.
+        #[arg(long)]
+        audience: String,
+        /// A tool; repeatable.
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+        /// read, write, delete or execute.
+        #[arg(long)]
+        action: String,
+        /// Lifetime (at most 5m).
+        #[arg(long, value_parser = lanyard_core::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SessionCommand {
+    /// Revoke a session: its tasks end and no token is minted for it again.
+    Revoke {
+        /// Session id.
+        session: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+}
+
+/// Exactly one subject of a risk report.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct RiskSubjectArgs {
+    /// An end user's subject.
+    #[arg(long)]
+    pub(crate) user: Option<String>,
+    /// A connector's SPIFFE ID.
+    #[arg(long)]
+    pub(crate) connector: Option<SpiffeId>,
+    /// An agent's SPIFFE ID.
+    #[arg(long)]
+    pub(crate) agent: Option<SpiffeId>,
+    /// A session.
+    #[arg(long)]
+    pub(crate) session: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RiskCommand {
+    /// Report a risk: no token is minted for the subject until it is cleared.
+    Report {
+        #[command(flatten)]
+        subject: RiskSubjectArgs,
+        /// With --user: only this issuer's user.
+        #[arg(long)]
+        user_iss: Option<String>,
+        /// low, medium or high.
+        #[arg(long, default_value = "high")]
+        level: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Clear the open risk on a subject.
+    Clear {
+        #[command(flatten)]
+        subject: RiskSubjectArgs,
+        /// With --user: only this issuer's user.
+        #[arg(long)]
+        user_iss: Option<String>,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// List open risks.
+    List {
+        #[command(flatten)]
+        admin: AdminSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Revoke one token by its jti.
+    Revoke {
+        /// The token's jti.
+        jti: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+pub(crate) enum PolicyCommand {
+    /// Reload --policy DIR; the old set stays if the new one does not validate.
+    Reload {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Evaluate the policies for one request; exit 0 when allowed, 1 when denied.
+    Check {
+        /// The connector's SPIFFE ID.
+        #[arg(long)]
+        connector: SpiffeId,
+        /// The tool.
+        #[arg(long)]
+        tool: String,
+        /// The end user's subject.
+        #[arg(long)]
+        user: String,
+        /// The end user's identity provider.
+        #[arg(long, default_value = "https://idp.example")]
+        user_iss: String,
+        /// read, write, delete or execute.
+        #[arg(long, default_value = "read")]
+        action: String,
+        /// The audience.
+        #[arg(long, default_value = "lanyard-policy-check")]
+        audience: String,
+        /// public, internal, confidential or restricted.
+        #[arg(long, default_value = "internal")]
+        classification: String,
+        /// The session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Evaluate at this Unix time instead of now.
+        #[arg(long)]
+        at: Option<i64>,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCommand {
+    /// Print the newest records (JSON lines).
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// Keep printing new records as they are written.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Print matching records (JSON lines).
+    Query {
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this end user's (subject).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this connector's.
+        #[arg(long)]
+        connector: Option<SpiffeId>,
+        /// Only this recent (e.g. 1h).
+        #[arg(long, value_parser = lanyard_core::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only this kind (e.g. tasktoken.mint).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Walk the hash chain and its signed checkpoints; exit 1 naming the first broken record.
+    Verify {
+        /// Verify a (copy of a) server data directory offline instead of asking the server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Also require this checkpoint (a JWS kept elsewhere): detects truncation.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Print the newest signed checkpoint, to keep outside the server.
+    Checkpoint {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
 }
 
 /// Where the server's admin socket is.
@@ -99,6 +419,9 @@ pub(crate) struct ServerRun {
     /// Lifetime of agent SVIDs.
     #[arg(long, default_value = "1h")]
     pub(crate) agent_ttl: Ttl,
+    /// Directory of Cedar policies (*.cedar); reloaded on SIGHUP and `lanyard policy reload`.
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,6 +551,21 @@ pub(crate) struct EntryFields {
     /// Label handed to the workload with the SVID.
     #[arg(long)]
     pub(crate) hint: Option<String>,
+    /// A tool this connector may ever be scoped to; repeatable.
+    #[arg(long = "tool")]
+    pub(crate) tools: Vec<String>,
+    /// An audience it may ever get task tokens for; repeatable.
+    #[arg(long = "audience")]
+    pub(crate) audiences: Vec<String>,
+    /// The most sensitive data its tasks may touch.
+    #[arg(long)]
+    pub(crate) max_classification: Option<String>,
+    /// A connector (SPIFFE ID, or prefix ending in /*) it may delegate to; repeatable.
+    #[arg(long = "delegate-to")]
+    pub(crate) delegate_to: Vec<String>,
+    /// This workload may begin tasks.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) task_authority: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]

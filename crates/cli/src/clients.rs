@@ -43,13 +43,15 @@ pub(crate) fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(endpoint))
 }
 
+/// A channel to the agent's socket (`unix:///path`).
+pub(crate) async fn agent_channel(endpoint: &str) -> anyhow::Result<Channel> {
+    let path = socket_path(endpoint)?;
+    unix_channel(&path).await.with_context(|| format!("cannot reach the agent's socket {}", path.display()))
+}
+
 /// A client for the agent's Workload API.
 pub(crate) async fn workload(endpoint: &str) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
-    let path = socket_path(endpoint)?;
-    let channel = unix_channel(&path)
-        .await
-        .with_context(|| format!("cannot reach the agent's Workload API socket {}", path.display()))?;
-    Ok(SpiffeWorkloadApiClient::new(channel))
+    Ok(SpiffeWorkloadApiClient::new(agent_channel(endpoint).await?))
 }
 
 /// A Workload API request with the `workload.spiffe.io: true` header.

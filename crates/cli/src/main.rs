@@ -6,11 +6,13 @@
 //! that fails prints one line saying why and exits non-zero.
 
 mod admin;
+mod audit;
 mod cli;
 mod clients;
 mod demo;
 mod output;
 mod run;
+mod tasks;
 mod workload;
 
 use clap::Parser;
@@ -38,7 +40,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Done) => std::process::ExitCode::SUCCESS,
+        // The command said why (a denied policy check, a broken audit log).
+        Ok(Outcome::No) => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("lanyard: {}", one_line(&e));
             std::process::ExitCode::FAILURE
@@ -46,8 +50,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
-    match command {
+/// How a command that ran went: done, or a definite "no" it has already
+/// explained (exit 1 without an error line).
+enum Outcome {
+    Done,
+    No,
+}
+
+impl From<bool> for Outcome {
+    fn from(yes: bool) -> Self {
+        if yes { Self::Done } else { Self::No }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
+    let done = match command {
+        Command::Policy(cmd) => return tasks::policy(cmd).await.map(Outcome::from),
+        Command::Audit(cmd) => return audit::run(cmd).await.map(Outcome::from),
+        Command::Task(cmd) => tasks::task(cmd).await,
+        Command::TaskToken(cmd) => tasks::task_token(cmd).await,
+        Command::Session(cmd) => tasks::session(cmd).await,
+        Command::Risk(cmd) => tasks::risk(cmd).await,
+        Command::Token(cmd) => tasks::token(cmd).await,
         Command::Server(cli::ServerCommand::Run(args)) => run::server(args).await,
         Command::Agent(cli::AgentCommand::Run(args)) => run::agent(args).await,
         Command::Agent(cli::AgentCommand::List { admin, output }) => admin::agent_list(admin, output).await,
@@ -58,7 +82,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Svid(cmd) => workload::svid(cmd).await,
         Command::Jwt(cmd) => workload::jwt(cmd).await,
         Command::Demo => demo::run().await,
-    }
+    };
+    done.map(|()| Outcome::Done)
 }
 
 /// clap's message without its `error:` prefix, tips and usage block.

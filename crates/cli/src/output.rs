@@ -18,6 +18,11 @@ pub(crate) fn entry_json(e: &Entry) -> Value {
         "expires_at": (e.expires_at != 0).then_some(e.expires_at),
         "hint": (!e.hint.is_empty()).then_some(&e.hint),
         "revision": e.revision,
+        "tools": e.tools,
+        "audiences": e.audiences,
+        "max_classification": if e.max_classification.is_empty() { "public" } else { e.max_classification.as_str() },
+        "delegate_to": e.delegate_to,
+        "task_authority": e.task_authority,
     })
 }
 
@@ -39,6 +44,22 @@ pub(crate) fn entry_text(e: &Entry) -> String {
     }
     if !e.hint.is_empty() {
         out.push_str(&format!("Hint          : {}\n", e.hint));
+    }
+    for t in &e.tools {
+        out.push_str(&format!("Tool          : {t}\n"));
+    }
+    for a in &e.audiences {
+        out.push_str(&format!("Audience      : {a}\n"));
+    }
+    if !e.tools.is_empty() || !e.max_classification.is_empty() {
+        let c = if e.max_classification.is_empty() { "public" } else { e.max_classification.as_str() };
+        out.push_str(&format!("Max class.    : {c}\n"));
+    }
+    for d in &e.delegate_to {
+        out.push_str(&format!("Delegate to   : {d}\n"));
+    }
+    if e.task_authority {
+        out.push_str("Task authority: yes\n");
     }
     out
 }

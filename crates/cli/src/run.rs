@@ -39,6 +39,7 @@ pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     config.bundle_listen = args.bundle_listen;
     config.public_url = args.public_url;
     config.agent_svid_ttl = args.agent_ttl;
+    config.policy_dir = args.policy;
     let server = Server::bind(config).await.context("cannot start the server")?;
     server.serve(terminated()).await.context("server stopped with an error")?;
     Ok(())

@@ -44,7 +44,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 /// (`90s`, `15m`, `7d`); sub-second parts are dropped.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    let (unit, factor) = UNITS.iter().find(|(_, f)| secs != 0 && secs % f == 0).copied().unwrap_or(('s', 1));
+    let (unit, factor) = UNITS.iter().find(|(_, f)| secs != 0 && secs.is_multiple_of(*f)).copied().unwrap_or(('s', 1));
     format!("{}{unit}", secs / factor)
 }
 

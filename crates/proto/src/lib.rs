@@ -26,6 +26,13 @@ pub mod lanyard {
             include!(concat!(env!("OUT_DIR"), "/lanyard.common.v1.rs"));
         }
     }
+    /// `lanyard.agent.*`
+    pub mod agent {
+        /// `lanyard.agent.v1`
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/lanyard.agent.v1.rs"));
+        }
+    }
     /// `lanyard.node.*`
     pub mod node {
         /// `lanyard.node.v1`
@@ -44,6 +51,8 @@ pub mod lanyard {
 
 /// The admin API on the server's Unix socket (`lanyard.admin.v1`).
 pub use lanyard::admin::v1 as admin;
+/// The Tasks API the agent serves to workloads (`lanyard.agent.v1`).
+pub use lanyard::agent::v1 as agent;
 /// Records shared by the node and admin APIs (`lanyard.common.v1`).
 pub use lanyard::common::v1 as common;
 /// The node API agents call over mTLS (`lanyard.node.v1`).

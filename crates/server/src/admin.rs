@@ -1,26 +1,37 @@
 //! The admin API, on a Unix socket that only the server's user (or root)
 //! may use.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use lanyard_core::{EntryId, ids, unix_secs};
+use lanyard_core::{Action, Audience, Classification, EntryId, SessionId, TaskId, Tool, User, ids, unix_secs};
+use lanyard_policy::{PolicyInput, RiskLevel};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
-    Agent, BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest,
-    DeleteEntryResponse, GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListEntriesRequest,
-    ListEntriesResponse, UpdateEntryRequest,
+    Agent, AuditRecord, BanAgentRequest, BeginTaskResponse, CheckPolicyRequest, CheckPolicyResponse, ClearRiskRequest,
+    CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse,
+    EndTaskRequest, GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListEntriesRequest,
+    ListEntriesResponse, ListRisksRequest, ListRisksResponse, ListTasksRequest, ListTasksResponse, QueryAuditRequest,
+    QueryAuditResponse, ReloadPolicyRequest, ReloadPolicyResponse, ReportRiskRequest, Revocation, RevokeSessionRequest,
+    RevokeTokenRequest, Risk, TailAuditRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use lanyard_proto::common;
-use lanyard_store::{AgentRecord, EntryFilter, JoinTokenRecord};
+use lanyard_store::{
+    AuditContext, AuditEvent, AuditFilter, EntryFilter, JoinTokenRecord, RiskRecord, RiskSubject, TaskFilter,
+};
+use tokio_stream::Stream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::audit::record_to_proto;
 use crate::convert::{
     agent_to_proto, bundle_to_proto, entry_from_proto, entry_to_proto, parse_entry_id, parse_spiffe_id,
+    revocation_to_proto, secs_i64, task_to_proto,
 };
-use crate::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX, MAX_JOIN_TOKEN_TTL};
+use crate::limits::{AUDIT_QUERY_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, LIST_TASKS_MAX, MAX_JOIN_TOKEN_TTL};
 use crate::state::State;
 use crate::status::ApiError;
+use crate::tasks::TaskSpec;
 
 /// The admin API service.
 pub(crate) struct AdminApi {
@@ -191,11 +202,9 @@ impl Admin for AdminApi {
     async fn ban_agent(&self, req: Request<BanAgentRequest>) -> Result<Response<Agent>, Status> {
         let actor = self.authorize(&req)?;
         let id = parse_spiffe_id("spiffe_id", &req.get_ref().spiffe_id)?;
-        let record = self.state.store.get_agent(&id).await.map_err(ApiError::from)?;
-        let record = record.ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))?;
-        let banned = AgentRecord { banned: true, ..record };
         let audit = self.state.audit("agent.ban", &actor, id.as_str(), serde_json::json!({}));
-        self.state.store.put_agent(banned.clone(), Some(audit)).await.map_err(ApiError::from)?;
+        let banned =
+            self.state.store.ban_agent(&id, unix_secs(self.state.now()), audit).await.map_err(ApiError::from)?;
         // Wake live sync streams so the banned agent's stream ends now.
         self.state.agent_events.send_modify(|n| *n += 1);
         tracing::warn!(agent = %id, "agent banned");
@@ -206,4 +215,273 @@ impl Admin for AdminApi {
         self.authorize(&req)?;
         Ok(Response::new(bundle_to_proto(&self.state.keys().bundle)))
     }
+
+    async fn begin_task(&self, req: Request<common::TaskSpec>) -> Result<Response<BeginTaskResponse>, Status> {
+        let actor = self.authorize(&req)?;
+        let spec = TaskSpec::parse(req.get_ref(), self.state.config.default_task_ttl)?;
+        let task = self.state.begin_task(spec, &actor, None, None).await?;
+        Ok(Response::new(BeginTaskResponse { task_id: task.id.to_string(), expires_at: secs_i64(task.expires_at) }))
+    }
+
+    async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<Revocation>, Status> {
+        let actor = self.authorize(&req)?;
+        let revocation = self.state.end_task(&actor, None, &req.get_ref().task_id).await?;
+        Ok(Response::new(revocation_to_proto(&revocation)))
+    }
+
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        self.authorize(&req)?;
+        let req = req.into_inner();
+        let filter = TaskFilter {
+            active_at: req.active_only.then(|| unix_secs(self.state.now())),
+            connector: optional(&req.connector, |s| parse_spiffe_id("connector", s))?,
+            session: optional(&req.session, |s| s.parse().map_err(|e| ApiError::invalid("session", e)))?,
+        };
+        let limit = match req.limit {
+            0 => LIST_TASKS_MAX,
+            n => usize::try_from(n).unwrap_or(LIST_TASKS_MAX).min(LIST_TASKS_MAX),
+        };
+        let tasks = self.state.store.list_tasks(&filter, limit).await.map_err(ApiError::from)?;
+        Ok(Response::new(ListTasksResponse { tasks: tasks.iter().map(task_to_proto).collect() }))
+    }
+
+    async fn revoke_session(&self, req: Request<RevokeSessionRequest>) -> Result<Response<Revocation>, Status> {
+        let actor = self.authorize(&req)?;
+        let session: SessionId = req.get_ref().session.parse().map_err(|e| ApiError::invalid("session", e))?;
+        let audit = self.state.audit("session.revoke", &actor, session.as_str(), serde_json::json!({}));
+        let revocation = self
+            .state
+            .store
+            .revoke_session(&session, unix_secs(self.state.now()), audit)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::warn!(session = %session, tasks = revocation.tasks.len(), "session revoked");
+        Ok(Response::new(revocation_to_proto(&revocation)))
+    }
+
+    async fn report_risk(&self, req: Request<ReportRiskRequest>) -> Result<Response<Revocation>, Status> {
+        let actor = self.authorize(&req)?;
+        let req = req.into_inner();
+        let subject = risk_subject(req.subject.as_ref())?;
+        let level = match req.level.as_str() {
+            "" => RiskLevel::High,
+            s => s.parse().map_err(|e| ApiError::invalid("level", e))?,
+        };
+        let now = unix_secs(self.state.now());
+        let record = RiskRecord {
+            subject: subject.clone(),
+            level: level.to_string(),
+            reason: req.reason,
+            reported_at: now,
+            reported_by: actor.clone(),
+        };
+        let audit = self.state.audit(
+            "risk.report",
+            &actor,
+            &subject.to_string(),
+            serde_json::json!({ "level": level.to_string() }),
+        );
+        let revocation = self.state.store.report_risk(record, audit).await.map_err(ApiError::from)?;
+        tracing::warn!(subject = %subject, level = %level, "risk reported");
+        Ok(Response::new(revocation_to_proto(&revocation)))
+    }
+
+    async fn clear_risk(&self, req: Request<ClearRiskRequest>) -> Result<Response<Revocation>, Status> {
+        let actor = self.authorize(&req)?;
+        let subject = risk_subject(req.get_ref().subject.as_ref())?;
+        let audit = self.state.audit("risk.clear", &actor, &subject.to_string(), serde_json::json!({}));
+        let revocation =
+            self.state.store.clear_risk(&subject, unix_secs(self.state.now()), audit).await.map_err(ApiError::from)?;
+        Ok(Response::new(revocation_to_proto(&revocation)))
+    }
+
+    async fn list_risks(&self, req: Request<ListRisksRequest>) -> Result<Response<ListRisksResponse>, Status> {
+        self.authorize(&req)?;
+        let risks = self.state.store.list_risks().await.map_err(ApiError::from)?;
+        Ok(Response::new(ListRisksResponse {
+            risks: risks
+                .iter()
+                .map(|r| Risk {
+                    subject: r.subject.to_string(),
+                    level: r.level.clone(),
+                    reason: r.reason.clone(),
+                    reported_at: secs_i64(r.reported_at),
+                    reported_by: r.reported_by.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> Result<Response<Revocation>, Status> {
+        let actor = self.authorize(&req)?;
+        let jti = req.get_ref().jti.trim();
+        if jti.is_empty()
+            || jti.len() > 128
+            || !jti.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ApiError::invalid("jti", "must be 1-128 base64url characters").into());
+        }
+        let audit = AuditEvent {
+            context: AuditContext { jti_hash: Some(lanyard_ca::task_token::jti_hash(jti)), ..AuditContext::default() },
+            ..self.state.audit("token.revoke", &actor, "", serde_json::json!({}))
+        };
+        let revocation =
+            self.state.store.revoke_token(jti, unix_secs(self.state.now()), audit).await.map_err(ApiError::from)?;
+        Ok(Response::new(revocation_to_proto(&revocation)))
+    }
+
+    async fn reload_policy(&self, req: Request<ReloadPolicyRequest>) -> Result<Response<ReloadPolicyResponse>, Status> {
+        let actor = self.authorize(&req)?;
+        let ids = self.state.reload_policy(&actor).await?;
+        Ok(Response::new(ReloadPolicyResponse { policies: ids }))
+    }
+
+    async fn check_policy(&self, req: Request<CheckPolicyRequest>) -> Result<Response<CheckPolicyResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let connector = parse_spiffe_id("connector", &r.connector)?;
+        let tool: Tool = r.tool.parse().map_err(|e| ApiError::invalid("tool", e))?;
+        let user = User {
+            sub: r.user_sub.parse().map_err(|e| ApiError::invalid("user_sub", e))?,
+            iss: r.user_iss.parse().map_err(|e| ApiError::invalid("user_iss", e))?,
+        };
+        let action: Action = r.action.parse().map_err(|e| ApiError::invalid("action", e))?;
+        let audience: Audience = r.audience.parse().map_err(|e| ApiError::invalid("audience", e))?;
+        let classification: Classification =
+            r.classification.parse().map_err(|e| ApiError::invalid("classification", e))?;
+        let session: SessionId = if r.session.is_empty() { "policy-check".parse() } else { r.session.parse() }
+            .map_err(|e| ApiError::invalid("session", e))?;
+        let now_unix = match u64::try_from(r.at) {
+            Ok(0) | Err(_) => unix_secs(self.state.now()),
+            Ok(t) => t,
+        };
+        let agent = lanyard_core::ids::server_id(&self.state.td);
+        let input = PolicyInput {
+            connector: &connector,
+            tool: &tool,
+            action,
+            user: &user,
+            audience: &audience,
+            classification,
+            session: &session,
+            task: TaskId::from_bytes([0; 16]),
+            agent: &agent,
+            chain_depth: 0,
+            risk: None,
+            now_unix,
+        };
+        let decision = self.state.policy().evaluate(&input);
+        let reason = if decision.allowed {
+            String::new()
+        } else if !decision.errors.is_empty() {
+            format!("policy evaluation failed (a failure denies): {}", decision.errors.join("; "))
+        } else if decision.policies.is_empty() {
+            "no policy permits it".into()
+        } else {
+            "forbidden by policy".into()
+        };
+        Ok(Response::new(CheckPolicyResponse { allowed: decision.allowed, policies: decision.policies, reason }))
+    }
+
+    type TailAuditStream = Pin<Box<dyn Stream<Item = Result<AuditRecord, Status>> + Send>>;
+
+    async fn tail_audit(&self, req: Request<TailAuditRequest>) -> Result<Response<Self::TailAuditStream>, Status> {
+        self.authorize(&req)?;
+        let req = req.into_inner();
+        let state = Arc::clone(&self.state);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut heads = state.store.subscribe_audit();
+            let mut shutdown = state.shutdown.subscribe();
+            let head = *heads.borrow_and_update();
+            let mut next = head.saturating_sub(u64::from(req.last)) + 1;
+            loop {
+                match state.store.audit_range(next, 500).await {
+                    Ok(records) => {
+                        for r in &records {
+                            if tx.send(Ok(record_to_proto(r))).await.is_err() {
+                                return;
+                            }
+                            next = r.seq + 1;
+                        }
+                        if records.len() == 500 {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
+                        return;
+                    }
+                }
+                if !req.follow {
+                    return;
+                }
+                tokio::select! {
+                    r = heads.changed() => if r.is_err() { return },
+                    _ = shutdown.changed() => return,
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn query_audit(&self, req: Request<QueryAuditRequest>) -> Result<Response<QueryAuditResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let filter = AuditFilter {
+            task: optional(&r.task, |s| s.parse().map_err(|e| ApiError::invalid("task", e)))?,
+            user_sub: (!r.user.is_empty()).then(|| r.user.clone()),
+            connector: optional(&r.connector, |s| parse_spiffe_id("connector", s))?,
+            since: u64::try_from(r.since).ok().filter(|t| *t > 0),
+            kind: (!r.kind.is_empty()).then(|| r.kind.clone()),
+        };
+        let limit = match r.limit {
+            0 => AUDIT_QUERY_MAX,
+            n => usize::try_from(n).unwrap_or(AUDIT_QUERY_MAX).min(AUDIT_QUERY_MAX),
+        };
+        let records = self.state.store.query_audit(&filter, r.from_seq.max(1), limit).await.map_err(ApiError::from)?;
+        Ok(Response::new(QueryAuditResponse { records: records.iter().map(record_to_proto).collect() }))
+    }
+
+    async fn verify_audit(&self, req: Request<VerifyAuditRequest>) -> Result<Response<VerifyAuditResponse>, Status> {
+        self.authorize(&req)?;
+        let keys = crate::audit::store_checkpoint_keys(self.state.store.as_ref()).await.map_err(ApiError::from)?;
+        let report = crate::audit::verify_audit(self.state.store.as_ref(), &keys)
+            .await
+            .map_err(|e| ApiError::Aborted(e.to_string()))?;
+        Ok(Response::new(VerifyAuditResponse {
+            records: report.records,
+            head: lanyard_core::hex::encode(&report.head),
+            checkpoint: report.checkpoint.unwrap_or_default(),
+        }))
+    }
+}
+
+/// Parses a field that may be left empty.
+fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+    if value.is_empty() { Ok(None) } else { parse(value).map(Some) }
+}
+
+/// Exactly one subject of a risk report.
+fn risk_subject(subject: Option<&lanyard_proto::admin::RiskSubject>) -> Result<RiskSubject, ApiError> {
+    let s = subject.ok_or_else(|| ApiError::invalid("subject", "missing"))?;
+    let given = [&s.user_sub, &s.connector, &s.agent, &s.session].iter().filter(|v| !v.is_empty()).count();
+    if given != 1 {
+        return Err(ApiError::invalid("subject", "name exactly one of user, connector, agent, session"));
+    }
+    if !s.user_sub.is_empty() {
+        let sub: lanyard_core::UserField = s.user_sub.parse().map_err(|e| ApiError::invalid("user", e))?;
+        let iss = optional(&s.user_iss, |v| {
+            v.parse::<lanyard_core::UserField>().map_err(|e| ApiError::invalid("user_iss", e))
+        })?;
+        return Ok(RiskSubject::User { sub: sub.to_string(), iss: iss.map(|i| i.to_string()) });
+    }
+    if !s.connector.is_empty() {
+        return parse_spiffe_id("connector", &s.connector).map(RiskSubject::Connector);
+    }
+    if !s.agent.is_empty() {
+        return parse_spiffe_id("agent", &s.agent).map(RiskSubject::Agent);
+    }
+    s.session.parse().map(RiskSubject::Session).map_err(|e| ApiError::invalid("session", e))
 }

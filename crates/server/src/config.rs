@@ -31,6 +31,14 @@ pub struct ServerConfig {
     pub default_x509_ttl: Ttl,
     /// JWT-SVID lifetime for entries that do not set one.
     pub default_jwt_ttl: Ttl,
+    /// Directory of `*.cedar` policies; without one, the entry ceilings alone decide.
+    pub policy_dir: Option<PathBuf>,
+    /// Open risk at or above this level denies (default: any open risk).
+    pub risk_threshold: lanyard_policy::RiskLevel,
+    /// Lifetime of tasks that do not ask for one.
+    pub default_task_ttl: Duration,
+    /// A signed checkpoint is appended to the audit log every this many records.
+    pub checkpoint_every: u64,
 }
 
 impl ServerConfig {
@@ -48,6 +56,10 @@ impl ServerConfig {
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,
             default_jwt_ttl: Ttl::FIVE_MINUTES,
+            policy_dir: None,
+            risk_threshold: lanyard_policy::RiskLevel::Low,
+            default_task_ttl: Duration::from_secs(600),
+            checkpoint_every: 1000,
         }
     }
 }

@@ -109,6 +109,7 @@ pub(crate) fn bundle_to_proto(b: &TrustBundle) -> common::Bundle {
                 kid: k.key.kid().to_owned(),
                 public_key: k.key.spki_der(),
                 expires_at: secs_i64(k.expires_at),
+                purpose: k.purpose.as_str().to_owned(),
             })
             .collect(),
         sequence: b.sequence,
@@ -129,4 +130,42 @@ pub(crate) fn agent_to_proto(a: &AgentRecord) -> admin::Agent {
 
 pub(crate) fn secs_i64(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn revocation_to_proto(r: &lanyard_store::Revocation) -> admin::Revocation {
+    admin::Revocation {
+        seq: r.seq,
+        at: secs_i64(r.at),
+        kind: serde_json::to_value(r.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        subject: r.subject.clone(),
+        tasks: r.tasks.iter().map(ToString::to_string).collect(),
+    }
+}
+
+pub(crate) fn task_to_proto(t: &lanyard_core::Task) -> common::Task {
+    common::Task {
+        id: t.id.to_string(),
+        spec: Some(common::TaskSpec {
+            connector: t.connector.to_string(),
+            user_sub: t.user.sub.to_string(),
+            user_iss: t.user.iss.to_string(),
+            session: t.session.to_string(),
+            tools: t.tools.iter().map(ToString::to_string).collect(),
+            audiences: t.audiences.iter().map(ToString::to_string).collect(),
+            classification: t.classification.to_string(),
+            action: t.action.to_string(),
+            ttl_seconds: u32::try_from(t.expires_at.saturating_sub(t.created_at)).unwrap_or(u32::MAX),
+        }),
+        created_at: secs_i64(t.created_at),
+        expires_at: secs_i64(t.expires_at),
+        ended_at: t.ended_at.map_or(0, secs_i64),
+        end_reason: t
+            .end_reason
+            .and_then(|r| serde_json::to_value(r).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        parent: t.parent.map(|p| p.to_string()).unwrap_or_default(),
+        chain: t.chain.iter().map(ToString::to_string).collect(),
+        begun_by: t.begun_by.clone(),
+    }
 }

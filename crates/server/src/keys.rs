@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lanyard_ca::{JwtAuthority, JwtAuthorityKey, TrustBundle, X509Authority};
+use lanyard_ca::{JwtAuthority, JwtAuthorityKey, JwtKeyPurpose, TrustBundle, X509Authority};
 use lanyard_core::{TrustDomain, from_unix_secs, unix_secs};
 use lanyard_store::{AuditEvent, KeyKind, KeyRecord, Store};
 use tokio::sync::watch;
@@ -20,8 +20,10 @@ pub(crate) const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 pub(crate) struct Keys {
     /// Signs X.509-SVIDs.
     pub(crate) x509: X509Authority,
-    /// Signs JWT-SVIDs.
+    /// Signs JWT-SVIDs (and audit checkpoints).
     pub(crate) jwt: JwtAuthority,
+    /// Signs task tokens: its own key, so verifiers can tell the two apart.
+    pub(crate) task_tokens: JwtAuthority,
     /// Everything relying parties trust right now.
     pub(crate) bundle: TrustBundle,
 }
@@ -64,33 +66,61 @@ pub(crate) async fn load_or_create(
         }
     };
 
-    let (jwt, jwt_since) = match newest(KeyKind::JwtSvid) {
-        Some(r) => (JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after))?, r.not_before),
-        None => {
-            let key = JwtAuthority::generate(now, jwt_ttl)?;
-            let record = KeyRecord {
-                id: key.kid().to_owned(),
-                kind: KeyKind::JwtSvid,
-                pkcs8: key.pkcs8_der().to_vec(),
-                cert_der: None,
-                not_before: now_s,
-                not_after: unix_secs(key.not_after()),
-            };
-            store.put_key(record, key_audit(now_s, "jwt-svid", key.kid())).await?;
-            (key, now_s)
-        }
-    };
+    let (jwt, jwt_since) = load_or_create_jwt(store, &newest(KeyKind::JwtSvid), KeyKind::JwtSvid, now, jwt_ttl).await?;
+    let (task_tokens, task_since) =
+        load_or_create_jwt(store, &newest(KeyKind::TaskToken), KeyKind::TaskToken, now, jwt_ttl).await?;
 
     let bundle = TrustBundle {
         trust_domain: td.clone(),
         x509_authorities: vec![x509.cert_der().to_vec()],
-        jwt_authorities: vec![JwtAuthorityKey { key: jwt.verifying_key(), expires_at: unix_secs(jwt.not_after()) }],
+        jwt_authorities: vec![
+            JwtAuthorityKey {
+                key: jwt.verifying_key(),
+                expires_at: unix_secs(jwt.not_after()),
+                purpose: JwtKeyPurpose::JwtSvid,
+            },
+            JwtAuthorityKey {
+                key: task_tokens.verifying_key(),
+                expires_at: unix_secs(task_tokens.not_after()),
+                purpose: JwtKeyPurpose::TaskToken,
+            },
+        ],
         // The bundle changes only when a key is added, so the newest key's
         // start is a sequence that never goes back.
-        sequence: unix_secs(x509.not_before()).max(jwt_since),
+        sequence: unix_secs(x509.not_before()).max(jwt_since).max(task_since),
         refresh_hint: BUNDLE_REFRESH_HINT,
     };
-    Ok(Keys { x509, jwt, bundle })
+    Ok(Keys { x509, jwt, task_tokens, bundle })
+}
+
+/// The stored JWT key of `kind`, or a new one (stored durably, audited).
+/// Returns the key and when it came into use.
+async fn load_or_create_jwt(
+    store: &dyn Store,
+    stored: &Option<KeyRecord>,
+    kind: KeyKind,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<(JwtAuthority, u64), StartError> {
+    if let Some(r) = stored {
+        return Ok((JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after))?, r.not_before));
+    }
+    let key = JwtAuthority::generate(now, ttl)?;
+    let now_s = unix_secs(now);
+    let record = KeyRecord {
+        id: key.kid().to_owned(),
+        kind,
+        pkcs8: key.pkcs8_der().to_vec(),
+        cert_der: None,
+        not_before: now_s,
+        not_after: unix_secs(key.not_after()),
+    };
+    let label = match kind {
+        KeyKind::TaskToken => "task-token",
+        _ => "jwt-svid",
+    };
+    store.put_key(record, key_audit(now_s, label, key.kid())).await?;
+    Ok((key, now_s))
 }
 
 fn key_audit(at: u64, kind: &str, id: &str) -> AuditEvent {
@@ -100,6 +130,7 @@ fn key_audit(at: u64, kind: &str, id: &str) -> AuditEvent {
         actor: "server".into(),
         subject: id.into(),
         detail: serde_json::json!({ "key_kind": kind }),
+        ..AuditEvent::default()
     }
 }
 

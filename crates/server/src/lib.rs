@@ -26,18 +26,24 @@
 
 mod admin;
 mod admin_socket;
+pub mod audit;
 mod bundle_endpoint;
 mod config;
 mod convert;
 mod keys;
 mod limits;
 mod node;
+mod policy;
 mod run;
 mod state;
 mod status;
+mod tasks;
 mod tls;
 
 pub use config::ServerConfig;
+
+/// What a workload that no entry matches is told (the SPIFFE wording).
+pub(crate) const NO_IDENTITY: &str = "no identity issued";
 pub use run::{Server, StartError};
 
 #[cfg(test)]

@@ -16,3 +16,9 @@ pub(crate) const LIST_PAGE_MAX: usize = 1000;
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest join-token lifetime.
 pub(crate) const MAX_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+/// Most identities one workload may be attested to in a Tasks API call.
+pub(crate) const MAX_CALLER_IDENTITIES: usize = 64;
+/// Most tasks one ListTasks answers.
+pub(crate) const LIST_TASKS_MAX: usize = 1000;
+/// Most audit records one QueryAudit answers.
+pub(crate) const AUDIT_QUERY_MAX: usize = 1000;

@@ -7,10 +7,14 @@ use lanyard_ca::{JwtSvidTemplate, X509SvidTemplate, csr, svid};
 use lanyard_core::{Entry, SpiffeId, ids, unix_secs};
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
+    self, MintTaskTokenRequest, NodeBeginTaskRequest, NodeDelegateTaskRequest, NodeEndTaskRequest,
+};
+use lanyard_proto::node::{
     AttestRequest, AttestResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidsRequest,
     MintX509SvidsResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse, X509SvidRequest,
     X509SvidResult,
 };
+use lanyard_proto::{agent, common};
 use lanyard_store::{AgentRecord, AuditEvent};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -19,9 +23,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::convert::{bundle_to_proto, entry_to_proto, parse_entry_id, secs_i64};
-use crate::limits::{MAX_X509_BATCH, SYNC_CHUNK};
+use crate::limits::{MAX_CALLER_IDENTITIES, MAX_X509_BATCH, SYNC_CHUNK};
 use crate::state::State;
 use crate::status::ApiError;
+use crate::tasks::{CallerIdentity, TaskSpec};
 
 /// The node API service.
 pub(crate) struct NodeApi {
@@ -90,6 +95,24 @@ impl NodeApi {
         }
     }
 
+    /// The identities the agent attested a workload to: entries it serves,
+    /// each with the workload's current SVID for it.
+    async fn caller_identities(
+        &self,
+        caller: &AgentCaller,
+        identities: &[node::CallerIdentity],
+    ) -> Result<Vec<CallerIdentity>, ApiError> {
+        if identities.is_empty() || identities.len() > MAX_CALLER_IDENTITIES {
+            return Err(ApiError::invalid("caller", format!("must name 1-{MAX_CALLER_IDENTITIES} identities")));
+        }
+        let mut out = Vec::with_capacity(identities.len());
+        for identity in identities {
+            let entry = self.served_entry(caller, &identity.entry_id).await?;
+            out.push(CallerIdentity { entry, svid_der: identity.svid.clone() });
+        }
+        Ok(out)
+    }
+
     async fn mint_x509(&self, caller: &AgentCaller, req: &X509SvidRequest) -> Result<(Vec<u8>, AuditEvent), ApiError> {
         let entry = self.served_entry(caller, &req.entry_id).await?;
         let template = X509SvidTemplate {
@@ -140,10 +163,10 @@ impl Node for NodeApi {
         let id = ids::agent_id(&self.state.td, &token.name)
             .map_err(|e| ApiError::Internal(format!("stored agent name: {e}")))?;
         tracing::Span::current().record("caller", id.as_str());
-        if let Some(existing) = self.state.store.get_agent(&id).await.map_err(ApiError::from)? {
-            if existing.banned {
-                return Err(ApiError::PermissionDenied("agent is banned".into()).into());
-            }
+        if let Some(existing) = self.state.store.get_agent(&id).await.map_err(ApiError::from)?
+            && existing.banned
+        {
+            return Err(ApiError::PermissionDenied("agent is banned".into()).into());
         }
         let signed = self.sign_agent_svid(&id, &req.csr)?;
         let record = AgentRecord {
@@ -260,6 +283,64 @@ impl Node for NodeApi {
         );
         self.state.store.append_audit(audit).await.map_err(ApiError::from)?;
         Ok(Response::new(MintJwtSvidResponse { token, expires_at: secs_i64(unix_secs(exp)) }))
+    }
+
+    async fn begin_task(
+        &self,
+        req: Request<NodeBeginTaskRequest>,
+    ) -> Result<Response<agent::BeginTaskResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let identities = self.caller_identities(&caller, &req.caller).await?;
+        let spec = req.request.and_then(|r| r.task).ok_or_else(|| ApiError::invalid("task", "missing"))?;
+        let spec = TaskSpec::parse(&spec, self.state.config.default_task_ttl)?;
+        // The workload begins tasks as an identity that has task authority.
+        let orchestrator = identities
+            .iter()
+            .find(|c| c.entry.task_authority)
+            .or_else(|| identities.first())
+            .ok_or_else(|| ApiError::PermissionDenied(crate::NO_IDENTITY.into()))?;
+        let task = self
+            .state
+            .begin_task(spec, orchestrator.entry.spiffe_id.as_str(), Some(&orchestrator.entry), Some(&caller.id))
+            .await?;
+        Ok(Response::new(agent::BeginTaskResponse {
+            task_id: task.id.to_string(),
+            expires_at: secs_i64(task.expires_at),
+        }))
+    }
+
+    async fn mint_task_token(&self, req: Request<MintTaskTokenRequest>) -> Result<Response<common::TaskToken>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let identities = self.caller_identities(&caller, &req.caller).await?;
+        let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
+        Ok(Response::new(self.state.mint_task_token(&caller.id, &identities, &request).await?))
+    }
+
+    async fn delegate_task(
+        &self,
+        req: Request<NodeDelegateTaskRequest>,
+    ) -> Result<Response<agent::DelegateTaskResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let identities = self.caller_identities(&caller, &req.caller).await?;
+        let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
+        let child = self.state.delegate_task(&caller.id, &identities, &request).await?;
+        Ok(Response::new(agent::DelegateTaskResponse {
+            task_id: child.id.to_string(),
+            expires_at: secs_i64(child.expires_at),
+        }))
+    }
+
+    async fn end_task(&self, req: Request<NodeEndTaskRequest>) -> Result<Response<agent::EndTaskResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let identities = self.caller_identities(&caller, &req.caller).await?;
+        let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
+        let actor = identities.first().map_or_else(|| caller.id.to_string(), |c| c.entry.spiffe_id.to_string());
+        let revocation = self.state.end_task(&actor, Some(&identities), &request.task_id).await?;
+        Ok(Response::new(agent::EndTaskResponse { ended: revocation.tasks.iter().map(ToString::to_string).collect() }))
     }
 }
 

@@ -77,10 +77,10 @@ impl Server {
 
     /// As [`Server::bind`], with an injected clock.
     pub async fn bind_with_clock(mut config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
-        if let Some(url) = &config.public_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(StartError::Config(format!("--public-url {url:?} must start with http:// or https://")));
-            }
+        if let Some(url) = &config.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(StartError::Config(format!("--public-url {url:?} must start with http:// or https://")));
         }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         let td = config.trust_domain.clone();
@@ -96,6 +96,10 @@ impl Server {
             config.public_url = Some(format!("http://{addr}"));
         }
         let admin_listener = admin_socket::bind_private(&config.admin_socket)?;
+        let policy = crate::policy::load(config.policy_dir.as_deref())
+            .await
+            .map_err(|e| StartError::Config(format!("--policy: {e}")))?;
+        let ceilings = lanyard_policy::Ceilings { risk_threshold: config.risk_threshold };
         let state = Arc::new(State {
             td,
             store,
@@ -104,6 +108,8 @@ impl Server {
             config,
             agent_events: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
+            policy: std::sync::RwLock::new(Arc::new(policy)),
+            ceilings,
         });
         Ok(Self {
             state,
@@ -165,6 +171,10 @@ impl Server {
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future())
         });
 
+        let checkpoint_task =
+            tokio::spawn(crate::audit::checkpoint_loop(Arc::clone(&self.state), self.state.config.checkpoint_every));
+        let reload_task = tokio::spawn(reload_on_sighup(Arc::clone(&self.state)));
+
         let renew_task = tokio::spawn(renew_server_cert(
             Arc::clone(&self.state),
             Arc::clone(&self.server_cert),
@@ -183,6 +193,8 @@ impl Server {
         let _ = stop_tx.send(true);
         self.state.shutdown.send_replace(true);
         renew_task.abort();
+        checkpoint_task.abort();
+        reload_task.abort();
         let drain = async {
             let _ = node_task.await;
             let _ = admin_task.await;
@@ -238,6 +250,18 @@ fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Reloads the policies on SIGHUP.
+async fn reload_on_sighup(state: Arc<State>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use `lanyard policy reload`");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        // Errors are logged and audited by reload_policy; the old set stays.
+        let _ = state.reload_policy("signal:SIGHUP").await;
+    }
 }
 
 /// Renews the server's node-API certificate at half-life.

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use lanyard_ca::Clock;
 use lanyard_core::{TrustDomain, unix_secs};
+use lanyard_policy::{Ceilings, PolicyEngine};
 use lanyard_store::{AuditEvent, Store};
 use tokio::sync::watch;
 
@@ -24,11 +25,23 @@ pub(crate) struct State {
     pub(crate) agent_events: watch::Sender<u64>,
     /// Turns true when the server starts shutting down; long-lived streams end.
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The Cedar policies in force; swapped whole on reload.
+    pub(crate) policy: std::sync::RwLock<Arc<PolicyEngine>>,
+    /// The rules applied before Cedar.
+    pub(crate) ceilings: Ceilings,
 }
 
 impl State {
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
+    }
+
+    pub(crate) fn policy(&self) -> Arc<PolicyEngine> {
+        match self.policy.read() {
+            Ok(p) => Arc::clone(&p),
+            // A panic while swapping cannot leave a half-written Arc behind.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     pub(crate) fn keys(&self) -> Arc<Keys> {
@@ -47,6 +60,7 @@ impl State {
             actor: actor.to_owned(),
             subject: subject.to_owned(),
             detail,
+            ..AuditEvent::default()
         }
     }
 }

@@ -66,6 +66,8 @@ impl From<StoreError> for ApiError {
                 "entry changed since it was read (revision {actual}, expected {expected}); read it again"
             )),
             StoreError::AlreadyExists(what) => Self::AlreadyExists(format!("{what} already exists")),
+            // A revocation won a race with this write: refuse, as the check would have.
+            StoreError::Revoked(why) => Self::PermissionDenied(why),
             other => Self::Internal(format!("store: {other}")),
         }
     }

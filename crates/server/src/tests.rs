@@ -218,7 +218,8 @@ async fn join_tokens_and_bans_refuse_bad_input() {
     let bundle = server.admin.get_bundle(GetBundleRequest {}).await.unwrap().into_inner();
     assert_eq!(bundle.trust_domain, "example.org");
     assert_eq!(bundle.x509_authorities.len(), 1);
-    assert_eq!(bundle.jwt_authorities.len(), 1);
+    let purposes: Vec<_> = bundle.jwt_authorities.iter().map(|k| k.purpose.as_str()).collect();
+    assert_eq!(purposes, ["jwt-svid", "task-token"]);
     server.stop().await;
 }
 
@@ -294,7 +295,7 @@ async fn bundle_endpoint_serves_spiffe_bundle_jwks_and_discovery() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     let uses: Vec<_> = doc["keys"].as_array().unwrap().iter().map(|k| k["use"].as_str().unwrap()).collect();
-    assert_eq!(uses, ["x509-svid", "jwt-svid"]);
+    assert_eq!(uses, ["x509-svid", "jwt-svid", "jwt-svid"], "the CA, the JWT-SVID key, the task-token key");
     assert!(doc["spiffe_sequence"].is_u64());
     let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().to_owned();
     let (head, _) = http_get(addr, "/bundle", &format!("If-None-Match: {etag}\r\n")).await;

@@ -6,6 +6,7 @@
 //! the tail is only detectable against a head hash kept elsewhere: export
 //! [`ChainReport::head`] to anchor it.
 
+use lanyard_core::{Action, Audience, SessionId, SpiffeId, TaskId, Tool, User};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,7 +18,7 @@ use crate::records::hex32;
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// An audit event as the caller describes it; the store adds seq and hashes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Unix seconds, by the caller's clock.
     pub at: u64,
@@ -29,6 +30,91 @@ pub struct AuditEvent {
     pub subject: String,
     /// Anything else worth keeping, as JSON.
     pub detail: Value,
+    /// The structured fields that audit queries filter on. Absent from the
+    /// JSON (and from the hashed form) when empty, so records written
+    /// before it existed hash as they always did.
+    #[serde(default, skip_serializing_if = "AuditContext::is_empty")]
+    pub context: AuditContext,
+}
+
+/// Who and what an audit record is about, as typed fields rather than
+/// free-form `detail`.
+///
+/// The connector (the workload acting) and the end user (on whose behalf)
+/// are separate fields and never folded into one. Every field is optional
+/// and left out of the JSON when unset or empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditContext {
+    /// `allow` or `deny`, for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Why, for a decision (the refusal reason, or what allowed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The ids of the policies that determined the decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The connector workload's SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector: Option<SpiffeId>,
+    /// The end user the connector acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// The end user's session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionId>,
+    /// The task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
+    /// The tools asked for or granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// The action asked for or granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// The audience of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
+    /// The node agent that relayed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<SpiffeId>,
+    /// Hex SHA-256 of the minted token's `jti` (the `jti` itself is not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti_hash: Option<String>,
+}
+
+impl AuditContext {
+    /// Whether no field is set (the context is then left out of the record).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Which records [`crate::Store::query_audit`] returns; every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only records whose context names this task.
+    pub task: Option<TaskId>,
+    /// Only records whose context names an end user with this subject (any issuer).
+    pub user_sub: Option<String>,
+    /// Only records whose context names this connector.
+    pub connector: Option<SpiffeId>,
+    /// Only events at or after this Unix second.
+    pub since: Option<u64>,
+    /// Only events of exactly this kind (`task.begin`, `task_token.mint`, …).
+    pub kind: Option<String>,
+}
+
+impl AuditFilter {
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        let ctx = &event.context;
+        self.task.as_ref().is_none_or(|t| ctx.task.as_ref() == Some(t))
+            && self.user_sub.as_deref().is_none_or(|s| ctx.user.as_ref().is_some_and(|u| u.sub.as_str() == s))
+            && self.connector.as_ref().is_none_or(|c| ctx.connector.as_ref() == Some(c))
+            && self.since.is_none_or(|t| event.at >= t)
+            && self.kind.as_deref().is_none_or(|k| event.kind == k)
+    }
 }
 
 /// A stored audit record: one link of a hash chain.
@@ -80,6 +166,10 @@ pub fn canonical_event(event: &AuditEvent) -> String {
     write_string(&event.actor, &mut out);
     out.push_str(",\"at\":");
     out.push_str(&event.at.to_string());
+    if !event.context.is_empty() {
+        out.push_str(",\"context\":");
+        write_context(&event.context, &mut out);
+    }
     out.push_str(",\"detail\":");
     write_value(&event.detail, &mut out);
     out.push_str(",\"kind\":");
@@ -88,6 +178,79 @@ pub fn canonical_event(event: &AuditEvent) -> String {
     write_string(&event.subject, &mut out);
     out.push('}');
     out
+}
+
+/// Writes the members of one JSON object; the caller names them in sorted order.
+struct ObjectWriter<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> ObjectWriter<'a> {
+    fn open(out: &'a mut String) -> Self {
+        out.push('{');
+        Self { out, first: true }
+    }
+
+    /// Starts member `key`; the caller writes its value next.
+    fn key(&mut self, key: &str) -> &mut String {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        write_string(key, self.out);
+        self.out.push(':');
+        self.out
+    }
+
+    fn string(&mut self, key: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            write_string(value, self.key(key));
+        }
+    }
+
+    fn strings<'s>(&mut self, key: &str, values: impl ExactSizeIterator<Item = &'s str>) {
+        if values.len() == 0 {
+            return;
+        }
+        let out = self.key(key);
+        out.push('[');
+        for (i, value) in values.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_string(value, out);
+        }
+        out.push(']');
+    }
+
+    fn close(self) {
+        self.out.push('}');
+    }
+}
+
+/// The canonical JSON of a context: the members serde writes, keys in
+/// byte order (the order below), nested `user` sorted too.
+fn write_context(ctx: &AuditContext, out: &mut String) {
+    let mut obj = ObjectWriter::open(out);
+    obj.string("action", ctx.action.map(Action::as_str));
+    obj.string("agent", ctx.agent.as_ref().map(SpiffeId::as_str));
+    obj.string("audience", ctx.audience.as_ref().map(Audience::as_str));
+    obj.string("connector", ctx.connector.as_ref().map(SpiffeId::as_str));
+    obj.string("decision", ctx.decision.as_deref());
+    obj.string("jti_hash", ctx.jti_hash.as_deref());
+    obj.strings("policies", ctx.policies.iter().map(String::as_str));
+    obj.string("reason", ctx.reason.as_deref());
+    obj.string("session", ctx.session.as_ref().map(SessionId::as_str));
+    obj.string("task", ctx.task.map(|t| t.to_string()).as_deref());
+    obj.strings("tools", ctx.tools.iter().map(Tool::as_str));
+    if let Some(user) = &ctx.user {
+        let mut inner = ObjectWriter::open(obj.key("user"));
+        inner.string("iss", Some(user.iss.as_str()));
+        inner.string("sub", Some(user.sub.as_str()));
+        inner.close();
+    }
+    obj.close();
 }
 
 fn write_value(value: &Value, out: &mut String) {
@@ -185,8 +348,10 @@ impl ChainWalker {
         if key_seq != want {
             return Err(broken(format!("record {want} is missing (next is {key_seq})")));
         }
-        let record: AuditRecord =
+        let stored: Value =
             serde_json::from_slice(bytes).map_err(|e| broken(format!("record does not decode: {e}")))?;
+        let record: AuditRecord =
+            serde_json::from_value(stored.clone()).map_err(|e| broken(format!("record does not decode: {e}")))?;
         if record.seq != want {
             return Err(broken(format!("record claims seq {}", record.seq)));
         }
@@ -195,6 +360,11 @@ impl ChainWalker {
         }
         if chain_hash(&record.prev_hash, record.seq, &record.event) != record.hash {
             return Err(broken("hash does not match the record's contents".into()));
+        }
+        // Serde skips members it does not know (an added `"admin": true`,
+        // even inside `user`): such bytes are not covered by the hash.
+        if serde_json::to_value(&record).ok().as_ref() != Some(&stored) {
+            return Err(broken("record holds fields its hash does not cover".into()));
         }
         self.head = ChainHead::after(&record);
         Ok(())
@@ -214,107 +384,4 @@ impl ChainWalker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn event(n: u64) -> AuditEvent {
-        AuditEvent {
-            at: 1_700_000_000 + n,
-            kind: "entry.create".into(),
-            actor: "admin:uid=0".into(),
-            subject: format!("e{n}"),
-            detail: json!({"z": 1, "a": [true, null, "x\"\n\u{1}"], "m": {"b": 1.5, "a": -2}}),
-        }
-    }
-
-    fn chain(n: u64) -> Vec<AuditRecord> {
-        let mut head = ChainHead::GENESIS;
-        (1..=n)
-            .map(|i| {
-                let r = head.next(event(i));
-                head = ChainHead::after(&r);
-                r
-            })
-            .collect()
-    }
-
-    #[test]
-    fn canonical_form_sorts_keys_and_matches_serde_json_escaping() {
-        let e = event(1);
-        let canon = canonical_event(&e);
-        assert_eq!(
-            canon,
-            r#"{"actor":"admin:uid=0","at":1700000001,"detail":{"a":[true,null,"x\"\n\u0001"],"m":{"a":-2,"b":1.5},"z":1},"kind":"entry.create","subject":"e1"}"#
-        );
-        // Same value built in another key order hashes the same.
-        let mut other = e.clone();
-        other.detail = json!({"m": {"a": -2, "b": 1.5}, "z": 1, "a": [true, null, "x\"\n\u{1}"]});
-        assert_eq!(canonical_event(&other), canon);
-        // And it is JSON that decodes back to the event.
-        assert_eq!(serde_json::from_str::<AuditEvent>(&canon).unwrap(), e);
-    }
-
-    #[test]
-    fn records_link_and_verify() {
-        let records = chain(3);
-        assert_eq!(records[0].prev_hash, GENESIS_HASH);
-        assert_eq!(records[1].prev_hash, records[0].hash);
-        let mut walker = ChainWalker::new();
-        for r in &records {
-            walker.check(r.seq, &serde_json::to_vec(r).unwrap()).unwrap();
-        }
-        let report = walker.finish(3).unwrap();
-        assert_eq!(report.records, 3);
-        assert_eq!(report.head, records[2].hash);
-    }
-
-    #[test]
-    fn hashes_are_hex_in_json() {
-        let r = &chain(1)[0];
-        let v = serde_json::to_value(r).unwrap();
-        assert_eq!(v["prev_hash"], json!("0".repeat(64)));
-        assert_eq!(serde_json::from_value::<AuditRecord>(v).unwrap(), *r);
-    }
-
-    fn broken_at(records: &[AuditRecord], keys: &[u64], bodies: &[Vec<u8>]) -> (u64, String) {
-        let mut walker = ChainWalker::new();
-        for (k, b) in keys.iter().zip(bodies) {
-            if let Err(StoreError::ChainBroken { seq, reason }) = walker.check(*k, b) {
-                return (seq, reason);
-            }
-        }
-        match walker.finish(records.len() as u64) {
-            Err(StoreError::ChainBroken { seq, reason }) => (seq, reason),
-            other => panic!("chain verified: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn each_kind_of_tampering_is_caught() {
-        let records = chain(3);
-        let bodies: Vec<Vec<u8>> = records.iter().map(|r| serde_json::to_vec(r).unwrap()).collect();
-
-        let mut edited = records[1].clone();
-        edited.event.actor = "mallory".into();
-        let mut b = bodies.clone();
-        b[1] = serde_json::to_vec(&edited).unwrap();
-        let (seq, reason) = broken_at(&records, &[1, 2, 3], &b);
-        assert_eq!((seq, reason.contains("hash does not match")), (2, true));
-
-        // Re-hashing the edited record moves the break to the next link.
-        edited.hash = chain_hash(&edited.prev_hash, 2, &edited.event);
-        b[1] = serde_json::to_vec(&edited).unwrap();
-        let (seq, reason) = broken_at(&records, &[1, 2, 3], &b);
-        assert_eq!((seq, reason.contains("prev_hash")), (3, true));
-
-        let (seq, _) = broken_at(&records, &[1, 3], &[bodies[0].clone(), bodies[2].clone()]);
-        assert_eq!(seq, 2, "gap");
-        let (seq, _) = broken_at(&records, &[1, 2], &bodies[..2]);
-        assert_eq!(seq, 3, "truncated tail");
-        let (seq, _) = broken_at(&records, &[1], &[b"{".to_vec()]);
-        assert_eq!(seq, 1, "undecodable");
-        let (seq, _) = broken_at(&records, &[1, 2], &[bodies[0].clone(), bodies[2].clone()]);
-        assert_eq!(seq, 2, "record under the wrong key");
-    }
-}
+mod tests;

@@ -43,6 +43,11 @@ pub enum StoreError {
     /// An object with this id or key is already stored.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The write depends on something already ended or revoked: a child
+    /// task whose parent has ended, a task in a revoked session, an
+    /// unbanned record written over a banned agent.
+    #[error("{0}")]
+    Revoked(String),
     /// The audit hash chain does not verify: a record was altered, removed or reordered.
     #[error("audit chain broken at record {seq}: {reason}")]
     ChainBroken {

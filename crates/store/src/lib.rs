@@ -1,5 +1,6 @@
 //! Lanyard's persistent state: registration entries, agents, join tokens,
-//! signing keys and the hash-chained audit log.
+//! signing keys, tasks, the revocation feed, risk reports and the
+//! hash-chained audit log.
 //!
 //! The server codes against the [`Store`] trait (held as `Arc<dyn Store>`);
 //! [`SledStore`] is the embedded implementation, one directory and no
@@ -22,10 +23,16 @@
 //!         actor: "server".into(),
 //!         subject: "spiffe://example.org/lanyard/server".into(),
 //!         detail: serde_json::json!({}),
+//!         ..AuditEvent::default()
 //!     };
 //!     let record = store.append_audit(event).await?; // durable on return
 //!     assert_eq!(record.seq, 1);
 //!     assert_eq!(store.verify_audit_chain().await?.head, record.hash);
+//!     assert_eq!(store.audit_head(), 1);
+//!
+//!     // Revocations are one gapless feed, each event atomic with its audit record.
+//!     let revoked = store.revoke_token("jti-1", 1_700_000_001, AuditEvent::default()).await?;
+//!     assert_eq!(store.revocations_since(0, 10).await?, vec![revoked]);
 //!     Ok::<_, lanyard_store::StoreError>(())
 //! })?;
 //! # Ok(())
@@ -36,11 +43,17 @@ mod audit;
 mod commit;
 mod error;
 mod records;
+mod revocation;
 mod sled_store;
 mod store;
 
-pub use audit::{AuditEvent, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash};
+pub use audit::{
+    AuditContext, AuditEvent, AuditFilter, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash,
+};
 pub use error::{Result, StoreError};
-pub use records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, hash_join_token};
+pub use records::{
+    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, TaskFilter, hash_join_token,
+};
+pub use revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject};
 pub use sled_store::SledStore;
 pub use store::Store;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use lanyard_core::{Entry, EntryId, SpiffeId};
+use lanyard_core::{Entry, EntryId, SessionId, SpiffeId, Task};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +108,26 @@ pub struct EntryFilter {
     pub parent_id: Option<SpiffeId>,
     /// Only entries handing out this identity.
     pub spiffe_id: Option<SpiffeId>,
+}
+
+/// Which tasks [`crate::Store::list_tasks`] returns; every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only tasks active at this Unix second: not ended, and `expires_at` after it.
+    pub active_at: Option<u64>,
+    /// Only tasks served by this connector.
+    pub connector: Option<SpiffeId>,
+    /// Only tasks of this session.
+    pub session: Option<SessionId>,
+}
+
+impl TaskFilter {
+    /// Whether `task` passes the filter.
+    pub fn matches(&self, task: &Task) -> bool {
+        self.active_at.is_none_or(|t| task.ended_at.is_none() && task.expires_at > t)
+            && self.connector.as_ref().is_none_or(|c| task.connector == *c)
+            && self.session.as_ref().is_none_or(|s| task.session == *s)
+    }
 }
 
 /// Serde for `[u8; 32]` as 64 lower-case hex digits.

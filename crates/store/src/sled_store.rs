@@ -4,6 +4,8 @@ mod entries;
 mod layout;
 mod log;
 mod objects;
+mod revocations;
+mod tasks;
 #[cfg(test)]
 mod tests;
 
@@ -11,16 +13,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use lanyard_core::{Entry, EntryId, SpiffeId};
+use lanyard_core::{Entry, EntryId, SessionId, SpiffeId, Task, TaskId};
 use tokio::sync::watch;
 
-use crate::audit::{AuditEvent, AuditRecord, ChainHead, ChainReport};
+use crate::audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport};
 use crate::commit::{Flusher, GroupCommit};
 use crate::error::{Result, StoreError};
-use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord};
+use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord, TaskFilter};
+use crate::revocation::{Revocation, RiskRecord, RiskSubject};
 use crate::store::Store;
 use entries::EntryState;
 use layout::{SCHEMA_KEY, TreeId, Trees};
+use log::{Durable, LogState};
 
 /// A [`Store`] in a sled database directory.
 ///
@@ -44,9 +48,13 @@ struct Inner {
     /// they read the entry trees at one revision.
     // INVARIANT: lock order is `entries`, then `chain`.
     entries: RwLock<EntryState>,
-    /// The audit head; held by every audited write from reading the head
-    /// until the transaction is applied, so the chain has no gaps or forks.
-    chain: Mutex<ChainHead>,
+    /// The audit and revocation heads; held by every audited write from
+    /// its first read until its transaction is applied, so neither
+    /// sequence has gaps or forks and every check-then-write (a task's
+    /// parent still running, a token unused) is atomic.
+    chain: Mutex<LogState>,
+    /// The applied and durable audit and revocation heads.
+    durable: Arc<Durable>,
     commit: Arc<GroupCommit>,
     /// The newest durable entry revision.
     revision: watch::Sender<u64>,
@@ -56,6 +64,13 @@ struct Inner {
 
 impl SledStore {
     /// The on-disk layout version this build writes and reads.
+    ///
+    /// Still 1 with tasks, revocations and risks: their trees are new, and
+    /// an audit record without a context encodes and hashes exactly as
+    /// before, so nothing an older build wrote is misread. The reverse does
+    /// not hold: a build from before them would open a newer store, ignore
+    /// those trees and fail to verify records that carry a context, so do
+    /// not downgrade past them.
     pub const SCHEMA_VERSION: u32 = 1;
 
     /// How many revisions a deletion or re-parenting stays visible to
@@ -78,25 +93,31 @@ impl SledStore {
         let trees = Trees::open(&db)?;
         check_schema(&trees, &db)?;
         let state = EntryState::load(&trees)?;
-        let head = log::load_head(&trees)?;
+        let log = LogState::load(&trees)?;
+        let durable = Arc::new(Durable::new(&log));
+        let flushed = Arc::clone(&durable);
         let (commit, flusher) = GroupCommit::start(move || {
             if !flush_delay.is_zero() {
                 std::thread::sleep(flush_delay);
             }
+            let mark = flushed.mark();
             db.flush()?;
+            flushed.publish(mark);
             Ok(())
         })?;
         tracing::info!(
             path = %dir.display(),
             revision = state.revision,
-            audit_seq = head.seq,
+            audit_seq = log.audit.seq,
+            revocation_seq = log.revocation,
             "store opened"
         );
         let inner = Inner {
             trees,
             revision: watch::Sender::new(state.revision),
             entries: RwLock::new(state),
-            chain: Mutex::new(head),
+            chain: Mutex::new(log),
+            durable,
             commit,
             tombstone_retention: tombstone_retention.max(1),
         };
@@ -329,5 +350,88 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<()> {
         self.sync().await
+    }
+
+    async fn ban_agent(&self, id: &SpiffeId, at: u64, audit: AuditEvent) -> Result<AgentRecord> {
+        let id = id.clone();
+        self.write(move |inner| inner.ban_agent(&id, at, audit)).await
+    }
+
+    async fn query_audit(&self, filter: &AuditFilter, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let (filter, upto) = (filter.clone(), self.audit_head());
+        self.blocking(move |inner| inner.query_audit(&filter, from_seq, upto, limit)).await
+    }
+
+    fn audit_head(&self) -> u64 {
+        self.inner.durable.audit_head()
+    }
+
+    fn subscribe_audit(&self) -> watch::Receiver<u64> {
+        self.inner.durable.subscribe_audit()
+    }
+
+    async fn create_task(&self, task: Task, audit: AuditEvent) -> Result<Task> {
+        self.write(move |inner| inner.create_task(task, audit)).await
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<Task>> {
+        let id = *id;
+        self.blocking(move |inner| inner.load_task(&id)).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter, limit: usize) -> Result<Vec<Task>> {
+        let filter = filter.clone();
+        self.blocking(move |inner| inner.list_tasks(&filter, limit)).await
+    }
+
+    async fn end_task(&self, id: &TaskId, at: u64, audit: AuditEvent) -> Result<Revocation> {
+        let id = *id;
+        self.write(move |inner| inner.end_task(&id, at, audit)).await
+    }
+
+    async fn revoke_session(&self, session: &SessionId, at: u64, audit: AuditEvent) -> Result<Revocation> {
+        let session = session.clone();
+        self.write(move |inner| inner.revoke_session(&session, at, audit)).await
+    }
+
+    async fn is_session_revoked(&self, session: &SessionId) -> Result<bool> {
+        let session = session.clone();
+        self.blocking(move |inner| inner.is_session_revoked(&session)).await
+    }
+
+    async fn report_risk(&self, risk: RiskRecord, audit: AuditEvent) -> Result<Revocation> {
+        self.write(move |inner| inner.report_risk(risk, audit)).await
+    }
+
+    async fn clear_risk(&self, subject: &RiskSubject, at: u64, audit: AuditEvent) -> Result<Revocation> {
+        let subject = subject.clone();
+        self.write(move |inner| inner.clear_risk(&subject, at, audit)).await
+    }
+
+    async fn open_risks(&self, subjects: &[RiskSubject]) -> Result<Vec<RiskRecord>> {
+        let subjects = subjects.to_vec();
+        self.blocking(move |inner| inner.open_risks(&subjects)).await
+    }
+
+    async fn list_risks(&self) -> Result<Vec<RiskRecord>> {
+        self.blocking(|inner| inner.list_all(TreeId::Risks)).await
+    }
+
+    async fn revoke_token(&self, jti: &str, at: u64, audit: AuditEvent) -> Result<Revocation> {
+        let jti = jti.to_owned();
+        self.write(move |inner| inner.revoke_token(&jti, at, audit)).await
+    }
+
+    async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>> {
+        let upto = self.revocation_seq();
+        self.blocking(move |inner| inner.revocations_since(after, upto, limit)).await
+    }
+
+    fn revocation_seq(&self) -> u64 {
+        self.inner.durable.revocation_seq()
+    }
+
+    fn subscribe_revocations(&self) -> watch::Receiver<u64> {
+        self.inner.durable.subscribe_revocations()
     }
 }

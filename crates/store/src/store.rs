@@ -1,10 +1,11 @@
 //! The storage interface the server codes against.
 
-use lanyard_core::{Entry, EntryId, SpiffeId};
+use lanyard_core::{Entry, EntryId, SessionId, SpiffeId, Task, TaskId};
 
-use crate::audit::{AuditEvent, AuditRecord, ChainReport};
+use crate::audit::{AuditEvent, AuditFilter, AuditRecord, ChainReport};
 use crate::error::Result;
-use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord};
+use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord, TaskFilter};
+use crate::revocation::{Revocation, RiskRecord, RiskSubject};
 
 /// Everything the server persists. Used as `Arc<dyn Store>`.
 ///
@@ -28,8 +29,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_entry(&self, entry: Entry, expected_revision: u64, audit: AuditEvent) -> Result<Entry>;
 
     /// Deletes an entry (`NotFound` if absent) and leaves a tombstone so that
-    /// agents syncing incrementally learn of it; atomic with `audit`; returns
-    /// the deleted entry once durable.
+    /// agents syncing incrementally learn of it; appends an
+    /// [`EntryDeleted`](crate::RevocationKind::EntryDeleted) revocation
+    /// (subject the entry's SPIFFE ID, detail `{"entry_id": …}`, `at` the
+    /// audit event's); all atomic with `audit`; returns the deleted entry
+    /// once durable.
     async fn delete_entry(&self, id: &EntryId, audit: AuditEvent) -> Result<Entry>;
 
     /// The entry with this id.
@@ -67,6 +71,10 @@ pub trait Store: Send + Sync + 'static {
     async fn consume_join_token(&self, token_hash: [u8; 32], audit: AuditEvent) -> Result<Option<JoinTokenRecord>>;
 
     /// Inserts or replaces an agent, with an audit record when given; durable.
+    /// A ban sticks: replacing a banned agent with an unbanned record fails
+    /// with [`Revoked`](crate::StoreError::Revoked) and changes nothing, so a
+    /// renewal that read the record before [`ban_agent`](Self::ban_agent)
+    /// cannot undo it.
     async fn put_agent(&self, agent: AgentRecord, audit: Option<AuditEvent>) -> Result<()>;
 
     /// The agent with this SPIFFE ID.
@@ -74,6 +82,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every agent, ordered by SPIFFE ID.
     async fn list_agents(&self) -> Result<Vec<AgentRecord>>;
+
+    /// Marks the agent banned and appends an
+    /// [`AgentBanned`](crate::RevocationKind::AgentBanned) revocation
+    /// (subject the agent's ID), atomically with `audit`; returns the
+    /// updated record once durable. `NotFound` if unknown. Banning a banned
+    /// agent appends another event.
+    async fn ban_agent(&self, id: &SpiffeId, at: u64, audit: AuditEvent) -> Result<AgentRecord>;
 
     /// Inserts or replaces a signing key; durable with its audit record.
     async fn put_key(&self, key: KeyRecord, audit: AuditEvent) -> Result<()>;
@@ -96,6 +111,22 @@ pub trait Store: Send + Sync + 'static {
     /// Records with `seq >= from`, ascending, at most `limit`.
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
+    /// Durable records with `seq >= from_seq` that match `filter`,
+    /// ascending, at most `limit`.
+    ///
+    /// There is no index: this scans the log from `from_seq` until `limit`
+    /// records matched, O(records scanned), about a microsecond each. Page
+    /// with `from_seq` = last seq + 1. `since` is checked on every record
+    /// (no early start by time), so it holds even if clocks went back.
+    async fn query_audit(&self, filter: &AuditFilter, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+
+    /// The seq of the newest durable audit record (0 for an empty log).
+    fn audit_head(&self) -> u64;
+
+    /// Receives [`audit_head`](Self::audit_head) after each flush that made
+    /// new audit records durable (for `audit tail --follow`).
+    fn subscribe_audit(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Walks the whole chain: gapless seqs from 1, each `prev_hash` the
     /// previous `hash`, each `hash` recomputed. `ChainBroken` names the first
     /// bad record.
@@ -103,4 +134,85 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every applied write durable (called at shutdown).
     async fn flush(&self) -> Result<()>;
+
+    /// Stores a new task, indexed by session and (when it has one) under its
+    /// parent, atomically with `audit`; returns it once durable.
+    ///
+    /// `AlreadyExists` if the id is taken; `NotFound` if its parent is
+    /// unknown; [`Revoked`](crate::StoreError::Revoked) if its parent has
+    /// ended or its session is revoked: checked in the same critical
+    /// section as the write, so a task can never start under a parent or a
+    /// session that an acknowledged end or revocation already covered. TTL
+    /// and ceilings are the caller's checks.
+    async fn create_task(&self, task: Task, audit: AuditEvent) -> Result<Task>;
+
+    /// The task with this id.
+    async fn get_task(&self, id: &TaskId) -> Result<Option<Task>>;
+
+    /// Tasks matching `filter`, ordered by id, at most `limit`. With a
+    /// session, reads that session's index; otherwise scans every task.
+    async fn list_tasks(&self, filter: &TaskFilter, limit: usize) -> Result<Vec<Task>>;
+
+    /// Ends a task (`NotFound` if unknown) and every descendant not already
+    /// ended, at any depth (reason [`ParentEnded`](lanyard_core::EndReason::ParentEnded)),
+    /// and appends one [`TaskEnded`](crate::RevocationKind::TaskEnded)
+    /// event listing every task it ended, the task first; all atomically
+    /// with `audit`.
+    ///
+    /// Ending an ended task is not an error: it still appends an event (and
+    /// the audit record), whose `tasks` lists only what this call ended:
+    /// descendants still running, or nothing.
+    async fn end_task(&self, id: &TaskId, at: u64, audit: AuditEvent) -> Result<Revocation>;
+
+    /// Marks the session revoked, ends every task of it not already ended
+    /// (reason [`SessionRevoked`](lanyard_core::EndReason::SessionRevoked))
+    /// and their descendants (reason `ParentEnded`), and appends one
+    /// [`SessionRevoked`](crate::RevocationKind::SessionRevoked) event
+    /// listing them; atomically with `audit`. A session with no tasks (yet)
+    /// can be revoked; revoking it again appends another event.
+    async fn revoke_session(&self, session: &SessionId, at: u64, audit: AuditEvent) -> Result<Revocation>;
+
+    /// Whether the session has been revoked.
+    async fn is_session_revoked(&self, session: &SessionId) -> Result<bool>;
+
+    /// Records a risk and appends a [`RiskRaised`](crate::RevocationKind::RiskRaised)
+    /// event (at `risk.reported_at`), atomically with `audit`.
+    ///
+    /// One open record is kept per subject, at the highest level reported
+    /// since it was last cleared (`low` < `medium` < `high` < any level the
+    /// store does not know): a report at that level or above replaces it, a
+    /// lower one leaves it (the report itself is in the event and the
+    /// audit log). The event's `level` in `detail` is the effective one.
+    async fn report_risk(&self, risk: RiskRecord, audit: AuditEvent) -> Result<Revocation>;
+
+    /// Clears the open risk on exactly `subject` (a user without `iss` does
+    /// not clear reports that named an issuer) and appends a
+    /// [`RiskCleared`](crate::RevocationKind::RiskCleared) event, atomically
+    /// with `audit`. `NotFound` if nothing is open on it.
+    async fn clear_risk(&self, subject: &RiskSubject, at: u64, audit: AuditEvent) -> Result<Revocation>;
+
+    /// The open risks that apply to any of `subjects`, each once, in a stable order.
+    ///
+    /// For `User { sub, iss: Some(iss) }` that is the report on the user at
+    /// that issuer and the one on `sub` at every issuer (reported without
+    /// `iss`); for `User { sub, iss: None }` every report on `sub`, whatever
+    /// its issuer (fail closed when the issuer is unknown).
+    async fn open_risks(&self, subjects: &[RiskSubject]) -> Result<Vec<RiskRecord>>;
+
+    /// Every open risk, in the same stable order.
+    async fn list_risks(&self) -> Result<Vec<RiskRecord>>;
+
+    /// Appends a [`TokenRevoked`](crate::RevocationKind::TokenRevoked)
+    /// event for one token (`subject` = `jti`), atomically with `audit`.
+    async fn revoke_token(&self, jti: &str, at: u64, audit: AuditEvent) -> Result<Revocation>;
+
+    /// Durable revocation events with `seq > after`, ascending, at most `limit`.
+    async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>>;
+
+    /// The seq of the newest durable revocation event (0 when none).
+    fn revocation_seq(&self) -> u64;
+
+    /// Receives [`revocation_seq`](Self::revocation_seq) after each flush
+    /// that made new revocation events durable.
+    fn subscribe_revocations(&self) -> tokio::sync::watch::Receiver<u64>;
 }

@@ -14,6 +14,7 @@ use super::{Inner, lock};
 use crate::audit::AuditEvent;
 use crate::error::{Result, StoreError};
 use crate::records::{EntryChanges, EntryFilter};
+use crate::revocation::{Revocation, RevocationKind};
 
 /// Most tombstones pruned by one write, to bound its transaction.
 const PRUNE_BATCH: usize = 1_000;
@@ -66,7 +67,7 @@ impl Inner {
         entry.revision = next.revision;
         let mut batch = Batch::default();
         put_live(&mut batch, &entry)?;
-        self.commit_entries(&mut state, next, batch, event)?;
+        self.commit_entries(&mut state, next, batch, event, None)?;
         Ok(entry)
     }
 
@@ -87,7 +88,7 @@ impl Inner {
         next.revision += 1;
         entry.revision = next.revision;
         put_live(&mut batch, &entry)?;
-        self.commit_entries(&mut state, next, batch, event)?;
+        self.commit_entries(&mut state, next, batch, event, None)?;
         Ok(entry)
     }
 
@@ -102,7 +103,15 @@ impl Inner {
         batch.remove(TreeId::EntriesByParent, parent_key(&old.parent_id, id));
         batch.remove(TreeId::EntriesByRev, be_key(old.revision));
         self.add_tombstone(&mut batch, &mut next, &old)?;
-        self.commit_entries(&mut state, next, batch, event)?;
+        let revocation = Revocation {
+            seq: 0,
+            at: event.at,
+            kind: RevocationKind::EntryDeleted,
+            subject: old.spiffe_id.to_string(),
+            tasks: Vec::new(),
+            detail: serde_json::json!({ "entry_id": old.id }),
+        };
+        self.commit_entries(&mut state, next, batch, event, Some(revocation))?;
         Ok((old, next.revision))
     }
 
@@ -122,19 +131,24 @@ impl Inner {
     }
 
     /// Adds the new revision state to `batch`, applies it with the audit
-    /// record, and only then advances `state`.
+    /// record (and `revocation`, when given), and only then advances `state`.
     fn commit_entries(
         &self,
         state: &mut EntryState,
         next: EntryState,
         mut batch: Batch,
         event: AuditEvent,
+        revocation: Option<Revocation>,
     ) -> Result<()> {
         batch.put(TreeId::Meta, REVISION_KEY, &next.revision)?;
         if next.tombstone_floor != state.tombstone_floor {
             batch.put(TreeId::Meta, TOMBSTONE_FLOOR_KEY, &next.tombstone_floor)?;
         }
-        self.apply_audited(&mut lock(&self.chain), batch, event)?;
+        let mut log = lock(&self.chain);
+        match revocation {
+            Some(revocation) => drop(self.apply_revocation(&mut log, batch, revocation, event)?),
+            None => drop(self.apply_audited(&mut log, batch, event)?),
+        }
         *state = next;
         Ok(())
     }

@@ -12,6 +12,17 @@
 //! | `join_tokens` | SHA-256 of the token | [`JoinTokenRecord`](crate::JoinTokenRecord) JSON |
 //! | `keys` | key id | [`KeyRecord`](crate::KeyRecord) JSON |
 //! | `audit` | seq, u64 big-endian | [`AuditRecord`](crate::AuditRecord) JSON |
+//! | `tasks` | task id, 16 bytes | [`Task`](lanyard_core::Task) JSON |
+//! | `task_children` | parent id ‖ child id, 16 + 16 bytes | empty |
+//! | `tasks_by_session` | session `\0` task id (16 bytes) | empty |
+//! | `revocations` | seq, u64 big-endian | [`Revocation`](crate::Revocation) JSON |
+//! | `revoked_sessions` | session | JSON number: seq of its first revocation |
+//! | `risks` | [`risk_key`] of the subject | [`RiskRecord`](crate::RiskRecord) JSON |
+//!
+//! `meta` also holds `revocation_seq`, the newest revocation event's seq.
+//! The task, revocation and risk trees came after schema version 1 without
+//! changing how anything older is read, so they did not bump it: a store
+//! without them simply has none yet.
 //!
 //! INVARIANT: each entry has exactly one `entries_by_rev` key, its current
 //! revision; tombstones live in their own tree so that they can be pruned
@@ -21,13 +32,14 @@ use std::convert::Infallible;
 use std::fmt;
 use std::ops::Bound;
 
-use lanyard_core::{EntryId, SpiffeId};
+use lanyard_core::{EntryId, SessionId, SpiffeId, TaskId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{Result, StoreError};
+use crate::revocation::RiskSubject;
 
 /// `meta` key of the schema version.
 pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -35,6 +47,9 @@ pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
 pub(super) const REVISION_KEY: &[u8] = b"revision";
 /// `meta` key of the newest pruned tombstone's revision.
 pub(super) const TOMBSTONE_FLOOR_KEY: &[u8] = b"tombstone_floor";
+
+/// `meta` key of the newest revocation event's seq.
+pub(super) const REVOCATION_SEQ_KEY: &[u8] = b"revocation_seq";
 
 /// One sled tree; the discriminant indexes [`Trees::all`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +63,15 @@ pub(super) enum TreeId {
     JoinTokens,
     Keys,
     Audit,
+    Tasks,
+    TaskChildren,
+    TasksBySession,
+    Revocations,
+    RevokedSessions,
+    Risks,
 }
 
-const TREE_COUNT: usize = 9;
+const TREE_COUNT: usize = 15;
 
 impl TreeId {
     const ALL: [TreeId; TREE_COUNT] = [
@@ -63,6 +84,12 @@ impl TreeId {
         TreeId::JoinTokens,
         TreeId::Keys,
         TreeId::Audit,
+        TreeId::Tasks,
+        TreeId::TaskChildren,
+        TreeId::TasksBySession,
+        TreeId::Revocations,
+        TreeId::RevokedSessions,
+        TreeId::Risks,
     ];
 
     /// The sled tree name.
@@ -77,12 +104,18 @@ impl TreeId {
             TreeId::JoinTokens => "join_tokens",
             TreeId::Keys => "keys",
             TreeId::Audit => "audit",
+            TreeId::Tasks => "tasks",
+            TreeId::TaskChildren => "task_children",
+            TreeId::TasksBySession => "tasks_by_session",
+            TreeId::Revocations => "revocations",
+            TreeId::RevokedSessions => "revoked_sessions",
+            TreeId::Risks => "risks",
         }
     }
 
     /// Whether keys are big-endian u64s.
     fn numeric_keys(self) -> bool {
-        matches!(self, TreeId::EntriesByRev | TreeId::EntryTombstones | TreeId::Audit)
+        matches!(self, TreeId::EntriesByRev | TreeId::EntryTombstones | TreeId::Audit | TreeId::Revocations)
     }
 }
 
@@ -240,7 +273,74 @@ pub(super) fn range_after(prefix: &[u8], after: Option<&[u8]>) -> (Bound<Vec<u8>
     (start, end)
 }
 
-/// A key shown in an error: a number, text, or hex.
+/// `task_children` key prefix of every child of `parent`.
+pub(super) fn children_prefix(parent: &TaskId) -> [u8; 16] {
+    *parent.as_bytes()
+}
+
+/// `task_children` key of `child` under `parent`.
+pub(super) fn child_key(parent: &TaskId, child: &TaskId) -> Vec<u8> {
+    [parent.as_bytes().as_slice(), child.as_bytes()].concat()
+}
+
+/// `tasks_by_session` key prefix of every task of `session`.
+pub(super) fn session_prefix(session: &SessionId) -> Vec<u8> {
+    // INVARIANT: session ids have no control characters, so no NUL.
+    [session.as_str().as_bytes(), b"\0"].concat()
+}
+
+/// `tasks_by_session` key of `task` in `session`.
+pub(super) fn session_key(session: &SessionId, task: &TaskId) -> Vec<u8> {
+    [session_prefix(session).as_slice(), task.as_bytes()].concat()
+}
+
+/// The task id at the end of an index key whose last 16 bytes are one.
+pub(super) fn trailing_task_id(tree: TreeId, key: &[u8]) -> Result<TaskId> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|start| <[u8; 16]>::try_from(&key[start..]).ok())
+        .map(TaskId::from_bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("{tree} key {} is too short", KeyDisplay(tree, key))))
+}
+
+/// The `risks` key of `subject`: a tag byte, then the subject, so that
+/// every key is distinct whatever the strings hold. A user's is
+/// [`user_risk_prefix`] then `\0` (every issuer) or `\x01` and the issuer.
+pub(super) fn risk_key(subject: &RiskSubject) -> Vec<u8> {
+    match subject {
+        RiskSubject::User { sub, iss } => {
+            let mut key = user_risk_prefix(sub);
+            match iss {
+                None => key.push(0),
+                Some(iss) => {
+                    key.push(1);
+                    key.extend_from_slice(iss.as_bytes());
+                }
+            }
+            key
+        }
+        RiskSubject::Connector(id) => [b"c", id.as_str().as_bytes()].concat(),
+        RiskSubject::Agent(id) => [b"a", id.as_str().as_bytes()].concat(),
+        RiskSubject::Session(session) => [b"s", session.as_str().as_bytes()].concat(),
+    }
+}
+
+/// The `risks` key prefix of every report on the user `sub`, at any
+/// issuer. Length-prefixed, so `al` is no prefix of `alice`.
+pub(super) fn user_risk_prefix(sub: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(sub.len() + 10);
+    key.push(b'u');
+    key.extend_from_slice(&(sub.len() as u64).to_be_bytes());
+    key.extend_from_slice(sub.as_bytes());
+    key
+}
+
+/// How `key` of `tree` is shown in error messages.
+pub(super) fn show_key(tree: TreeId, key: &[u8]) -> String {
+    KeyDisplay(tree, key).to_string()
+}
+
+/// A key shown in an error: a number, a task id, text, or hex.
 struct KeyDisplay<'a>(TreeId, &'a [u8]);
 
 impl fmt::Display for KeyDisplay<'_> {
@@ -248,6 +348,17 @@ impl fmt::Display for KeyDisplay<'_> {
         let KeyDisplay(tree, key) = *self;
         if let (true, Ok(bytes)) = (tree.numeric_keys(), <[u8; 8]>::try_from(key)) {
             return write!(f, "{}", u64::from_be_bytes(bytes));
+        }
+        if let (TreeId::Tasks, Ok(bytes)) = (tree, <[u8; 16]>::try_from(key)) {
+            return write!(f, "{}", TaskId::from_bytes(bytes));
+        }
+        if matches!(tree, TreeId::TaskChildren | TreeId::TasksBySession) && key.len() >= 16 {
+            let (head, id) = key.split_at(key.len() - 16);
+            let head = match tree {
+                TreeId::TaskChildren => lanyard_core::hex::encode(head),
+                _ => String::from_utf8_lossy(head.strip_suffix(b"\0").unwrap_or(head)).into_owned(),
+            };
+            return write!(f, "{head:?}/{}", lanyard_core::hex::encode(id));
         }
         match std::str::from_utf8(key) {
             Ok(s) if !s.chars().any(char::is_control) => write!(f, "{s:?}"),

@@ -13,32 +13,41 @@ use crate::records::{AgentRecord, JoinTokenRecord, KeyRecord};
 
 impl Inner {
     pub(super) fn create_join_token(&self, hash: [u8; 32], record: &JoinTokenRecord, event: AuditEvent) -> Result<()> {
-        let mut head = lock(&self.chain);
+        let mut log = lock(&self.chain);
         if self.trees.get(TreeId::JoinTokens).contains_key(hash)? {
             return Err(StoreError::AlreadyExists("join token".into()));
         }
         let mut batch = Batch::default();
         batch.put(TreeId::JoinTokens, hash, record)?;
-        self.apply_audited(&mut head, batch, event)?;
+        self.apply_audited(&mut log, batch, event)?;
         Ok(())
     }
 
     pub(super) fn consume_join_token(&self, hash: [u8; 32], event: AuditEvent) -> Result<Option<JoinTokenRecord>> {
-        let mut head = lock(&self.chain);
+        let mut log = lock(&self.chain);
         let Some(record) = self.trees.read(TreeId::JoinTokens, hash)? else {
             return Ok(None);
         };
         let mut batch = Batch::default();
         batch.remove(TreeId::JoinTokens, hash);
-        self.apply_audited(&mut head, batch, event)?;
+        self.apply_audited(&mut log, batch, event)?;
         Ok(Some(record))
     }
 
     pub(super) fn put_agent(&self, agent: &AgentRecord, event: Option<AuditEvent>) -> Result<()> {
+        let mut log = lock(&self.chain);
+        // INVARIANT: a ban is never undone by a write that read the record
+        // before it (a renewal racing `ban_agent`).
+        if !agent.banned {
+            let stored: Option<AgentRecord> = self.trees.read(TreeId::Agents, agent.spiffe_id.as_str())?;
+            if stored.is_some_and(|s| s.banned) {
+                return Err(StoreError::Revoked(format!("agent {} is banned", agent.spiffe_id)));
+            }
+        }
         let mut batch = Batch::default();
         batch.put(TreeId::Agents, agent.spiffe_id.as_str(), agent)?;
         match event {
-            Some(event) => self.apply_audited(&mut lock(&self.chain), batch, event).map(drop),
+            Some(event) => self.apply_audited(&mut log, batch, event).map(drop),
             None => self.trees.apply(&batch),
         }
     }
@@ -51,13 +60,13 @@ impl Inner {
     }
 
     pub(super) fn delete_key(&self, id: &str, event: AuditEvent) -> Result<()> {
-        let mut head = lock(&self.chain);
+        let mut log = lock(&self.chain);
         if !self.trees.get(TreeId::Keys).contains_key(id)? {
             return Err(StoreError::NotFound(format!("key {id}")));
         }
         let mut batch = Batch::default();
         batch.remove(TreeId::Keys, id);
-        self.apply_audited(&mut head, batch, event)?;
+        self.apply_audited(&mut log, batch, event)?;
         Ok(())
     }
 

@@ -1,5 +1,9 @@
 //! `SledStore` against the `Store` contract, on temporary directories.
 
+mod audit_log;
+mod revocations;
+mod tasks;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +51,7 @@ fn event(kind: &str) -> AuditEvent {
         actor: "admin:uid=0".into(),
         subject: "test".into(),
         detail: json!({"k": kind}),
+        ..AuditEvent::default()
     }
 }
 

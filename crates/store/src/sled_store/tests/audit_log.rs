@@ -1,0 +1,197 @@
+//! Structured audit fields, audit queries, and offline verification of a
+//! copied store after tampering.
+
+use std::path::Path;
+
+use lanyard_core::{Action, TaskId, User};
+use serde_json::json;
+
+use super::tasks::{sid, task, tid};
+use super::{event, id, open, open_db, tamper};
+use crate::{AuditContext, AuditEvent, AuditFilter, SledStore, Store, StoreError};
+
+fn ctx_event(kind: &str, at: u64, task: u8, sub: &str, connector: &str) -> AuditEvent {
+    AuditEvent {
+        at,
+        context: AuditContext {
+            decision: Some("allow".into()),
+            policies: vec!["ceilings".into()],
+            connector: Some(id(&format!("connector/{connector}"))),
+            user: Some(User { iss: "https://idp.example".parse().unwrap(), sub: sub.parse().unwrap() }),
+            session: Some(sid("s1")),
+            task: Some(tid(task)),
+            tools: vec!["gh.read".parse().unwrap()],
+            action: Some(Action::Read),
+            audience: Some("https://api.example".parse().unwrap()),
+            agent: Some(id("agent/n1")),
+            jti_hash: Some("00".repeat(32)),
+            ..AuditContext::default()
+        },
+        ..event(kind)
+    }
+}
+
+fn seqs(records: &[crate::AuditRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+#[tokio::test]
+async fn context_round_trips_and_queries_filter_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let events = vec![
+        ctx_event("task_token.mint", 100, 1, "alice", "gh"),
+        ctx_event("task_token.deny", 200, 2, "bob", "gh"),
+        AuditEvent { at: 300, ..event("entry.create") },
+        ctx_event("task_token.mint", 400, 1, "alice", "slack"),
+    ];
+    for e in &events {
+        store.append_audit(e.clone()).await.unwrap();
+    }
+    let stored: Vec<AuditEvent> = store.audit_range(1, 10).await.unwrap().into_iter().map(|r| r.event).collect();
+    assert_eq!(stored, events);
+
+    let query = |filter: AuditFilter, from, limit| {
+        let store = &store;
+        async move { seqs(&store.query_audit(&filter, from, limit).await.unwrap()) }
+    };
+    let all = AuditFilter::default();
+    assert_eq!(query(all.clone(), 1, 10).await, [1, 2, 3, 4]);
+    assert_eq!(query(all.clone(), 0, 2).await, [1, 2]);
+    assert_eq!(query(all.clone(), 4, 10).await, [4]);
+    assert!(query(all.clone(), 5, 10).await.is_empty());
+    assert!(query(all, 1, 0).await.is_empty());
+    let by_task = AuditFilter { task: Some(tid(1)), ..Default::default() };
+    assert_eq!(query(by_task.clone(), 1, 10).await, [1, 4]);
+    assert_eq!(query(by_task.clone(), 2, 10).await, [4], "paged");
+    assert_eq!(query(by_task, 1, 1).await, [1]);
+    assert_eq!(query(AuditFilter { user_sub: Some("bob".into()), ..Default::default() }, 1, 10).await, [2]);
+    let gh = AuditFilter { connector: Some(id("connector/gh")), ..Default::default() };
+    assert_eq!(query(gh, 1, 10).await, [1, 2]);
+    assert_eq!(query(AuditFilter { since: Some(200), ..Default::default() }, 1, 10).await, [2, 3, 4]);
+    let mints_since = AuditFilter { since: Some(150), kind: Some("task_token.mint".into()), ..Default::default() };
+    assert_eq!(query(mints_since, 1, 10).await, [4]);
+    let nobody = AuditFilter { task: Some(TaskId::from_bytes([0; 16])), ..Default::default() };
+    assert!(query(nobody, 1, 10).await.is_empty());
+}
+
+/// A copy of the store directory `src` (the store must be closed).
+fn copy_store(src: &Path) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let target = to.join(item.file_name());
+            if item.file_type().unwrap().is_dir() {
+                copy(&item.path(), &target);
+            } else {
+                std::fs::copy(item.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(src, dir.path());
+    dir
+}
+
+/// Edits the raw audit tree of the closed store in `dir`.
+fn with_audit_tree(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
+    let db = open_db(dir).unwrap();
+    edit(&db.open_tree("audit").unwrap());
+    db.flush().unwrap();
+}
+
+/// Opens `dir` and returns where and why its chain is broken.
+async fn broken(dir: &Path) -> (u64, String) {
+    let store = SledStore::open(dir).unwrap();
+    match store.verify_audit_chain().await {
+        Err(StoreError::ChainBroken { seq, reason }) => (seq, reason),
+        other => panic!("chain verified: {other:?}"),
+    }
+}
+
+/// A closed store with ten records of mixed writes.
+async fn sample_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.create_task(task(1, "gh", "s1", None), event("task.begin")).await.unwrap();
+    for i in 0..6 {
+        store.append_audit(ctx_event("task_token.mint", 100 + i, 1, "alice", "gh")).await.unwrap();
+    }
+    store.revoke_token("j1", 200, event("token.revoke")).await.unwrap();
+    store.end_task(&tid(1), 300, event("task.end")).await.unwrap();
+    store.append_audit(event("done")).await.unwrap();
+    assert_eq!(store.verify_audit_chain().await.unwrap().records, 10);
+    dir
+}
+
+#[tokio::test]
+async fn a_copied_store_opens_and_verifies_offline() {
+    let original = sample_store().await;
+    let copy = copy_store(original.path());
+    let store = SledStore::open(copy.path()).unwrap();
+    assert_eq!(store.verify_audit_chain().await.unwrap().records, 10);
+    assert_eq!((store.audit_head(), store.revocation_seq()), (10, 2));
+    assert!(store.get_task(&tid(1)).await.unwrap().unwrap().ended_at.is_some());
+}
+
+#[tokio::test]
+async fn tampering_with_a_copy_is_named_by_verification() {
+    let original = sample_store().await;
+
+    // A record's content edited.
+    let copy = copy_store(original.path());
+    tamper(copy.path(), 5, |r| r["event"]["at"] = json!(1));
+    let (seq, reason) = broken(copy.path()).await;
+    assert_eq!(seq, 5, "{reason}");
+    assert!(reason.contains("hash does not match"), "{reason}");
+
+    // A structured field edited: the user is not who was recorded.
+    let copy = copy_store(original.path());
+    tamper(copy.path(), 4, |r| r["event"]["context"]["user"]["sub"] = json!("mallory"));
+    assert_eq!(broken(copy.path()).await.0, 4);
+    let copy = copy_store(original.path());
+    tamper(copy.path(), 3, |r| r["event"]["context"]["decision"] = json!("deny"));
+    assert_eq!(broken(copy.path()).await.0, 3);
+    // Context removed altogether.
+    let copy = copy_store(original.path());
+    tamper(copy.path(), 6, |r| drop(r["event"].as_object_mut().unwrap().remove("context")));
+    assert_eq!(broken(copy.path()).await.0, 6);
+
+    // A record deleted: a gap.
+    let copy = copy_store(original.path());
+    with_audit_tree(copy.path(), |audit| drop(audit.remove(4u64.to_be_bytes()).unwrap()));
+    let (seq, reason) = broken(copy.path()).await;
+    assert_eq!(seq, 4, "{reason}");
+    assert!(reason.contains("record 4 is missing"), "{reason}");
+
+    // Two records swapped, whole.
+    let copy = copy_store(original.path());
+    with_audit_tree(copy.path(), |audit| {
+        let (six, seven) =
+            (audit.get(6u64.to_be_bytes()).unwrap().unwrap(), audit.get(7u64.to_be_bytes()).unwrap().unwrap());
+        audit.insert(6u64.to_be_bytes(), seven).unwrap();
+        audit.insert(7u64.to_be_bytes(), six).unwrap();
+    });
+    let (seq, reason) = broken(copy.path()).await;
+    assert_eq!(seq, 6, "{reason}");
+    assert!(reason.contains("claims seq 7"), "{reason}");
+
+    // Two records' events swapped, seqs and hashes left in place.
+    let copy = copy_store(original.path());
+    let read = |seq: u64| {
+        let db = open_db(copy.path()).unwrap();
+        let bytes = db.open_tree("audit").unwrap().get(seq.to_be_bytes()).unwrap().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["event"].clone()
+    };
+    let (e7, e8) = (read(7), read(8));
+    tamper(copy.path(), 7, |r| r["event"] = e8);
+    tamper(copy.path(), 8, |r| r["event"] = e7);
+    let (seq, reason) = broken(copy.path()).await;
+    assert_eq!(seq, 7, "{reason}");
+    assert!(reason.contains("hash does not match"), "{reason}");
+
+    // The original was never touched.
+    let store = SledStore::open(original.path()).unwrap();
+    assert_eq!(store.verify_audit_chain().await.unwrap().records, 10);
+}
