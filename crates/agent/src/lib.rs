@@ -45,3 +45,7 @@ pub use workload::NO_IDENTITY;
 
 #[cfg(test)]
 mod node_tests;
+#[cfg(test)]
+mod task_tests;
+#[cfg(test)]
+mod testkit;

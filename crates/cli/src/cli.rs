@@ -422,6 +422,12 @@ pub(crate) struct ServerRun {
     /// Directory of Cedar policies (*.cedar); reloaded on SIGHUP and `lanyard policy reload`.
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
+    /// Append a signed checkpoint to the audit log every this many records (0: never).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) checkpoint_every: u64,
+    /// Open risk at or above this level denies tokens: low, medium or high.
+    #[arg(long, default_value = "low")]
+    pub(crate) risk_threshold: lanyard_policy::RiskLevel,
 }
 
 #[derive(Subcommand, Debug)]

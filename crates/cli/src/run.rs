@@ -40,6 +40,8 @@ pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     config.public_url = args.public_url;
     config.agent_svid_ttl = args.agent_ttl;
     config.policy_dir = args.policy;
+    config.checkpoint_every = args.checkpoint_every;
+    config.risk_threshold = args.risk_threshold;
     let server = Server::bind(config).await.context("cannot start the server")?;
     server.serve(terminated()).await.context("server stopped with an error")?;
     Ok(())
