@@ -37,6 +37,7 @@ mod policy;
 mod run;
 mod state;
 mod status;
+mod svid_cache;
 mod tasks;
 mod tls;
 

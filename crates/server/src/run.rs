@@ -110,6 +110,7 @@ impl Server {
             shutdown: watch::Sender::new(false),
             policy: std::sync::RwLock::new(Arc::new(policy)),
             ceilings,
+            svid_cache: crate::svid_cache::SvidCache::default(),
         });
         Ok(Self {
             state,
@@ -233,6 +234,10 @@ fn tls_incoming(
                     continue;
                 }
             };
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let acceptor = acceptor.clone();
             let handshakes = tx.clone();
             tokio::spawn(async move {

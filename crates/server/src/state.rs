@@ -29,6 +29,8 @@ pub(crate) struct State {
     pub(crate) policy: std::sync::RwLock<Arc<PolicyEngine>>,
     /// The rules applied before Cedar.
     pub(crate) ceilings: Ceilings,
+    /// Connector SVIDs already verified.
+    pub(crate) svid_cache: crate::svid_cache::SvidCache,
 }
 
 impl State {

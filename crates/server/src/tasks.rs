@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use lanyard_ca::svid::{self, Usage};
 use lanyard_ca::task_token::{self, TaskTokenTemplate};
 use lanyard_core::{
     Action, Audience, Classification, Entry, SessionId, SpiffeId, Task, TaskId, Tool, User, UserField, from_unix_secs,
@@ -291,8 +290,9 @@ impl State {
         };
         // The token is bound to the SVID the workload holds now, and ends no later.
         let keys = self.keys();
-        let roots = &keys.bundle.x509_authorities;
-        let svid = svid::verify_chain(std::slice::from_ref(&identity.svid_der), roots, now, Usage::Client)
+        let svid = self
+            .svid_cache
+            .verify(&identity.svid_der, &keys.bundle.x509_authorities, keys.bundle.sequence, now)
             .map_err(|e| ApiError::invalid("svid", e))?;
         if svid.spiffe_id != identity.entry.spiffe_id {
             return Err(ApiError::invalid("svid", "the SVID is for another identity"));

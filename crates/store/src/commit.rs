@@ -22,6 +22,9 @@ use tokio::sync::watch;
 use crate::error::{Result, StoreError};
 
 /// Name of the flusher thread, as seen in `top -H` and debuggers.
+/// Longest a flush waits for more writers to join it.
+pub(crate) const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(400);
+
 pub(crate) const FLUSH_THREAD_NAME: &str = "lanyard-store-flush";
 
 /// What the flusher has made durable.
@@ -115,7 +118,19 @@ impl GroupCommit {
 
     fn run(&self, mut flush: impl FnMut() -> Result<()>) {
         let mut flushed = 0;
-        while let Some(target) = self.next_target(flushed) {
+        while let Some(first) = self.next_target(flushed) {
+            // Let concurrent writers join this flush: wait while more keep
+            // arriving, up to COMMIT_DELAY (the commit_delay of databases).
+            let mut target = first;
+            let deadline = std::time::Instant::now() + COMMIT_DELAY;
+            while std::time::Instant::now() < deadline {
+                std::thread::sleep(COMMIT_DELAY / 4);
+                let now = self.requested.load(Ordering::SeqCst);
+                if now == target {
+                    break;
+                }
+                target = now;
+            }
             self.flushes.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = flush() {
                 tracing::error!(%error, "store flush failed; closing the store");

@@ -1,0 +1,152 @@
+//! Task tokens end to end: workload -> agent (Unix socket) -> server (mTLS)
+//! -> back, with attestation, ceilings, Cedar, signing and a durable audit
+//! record on every one.
+//!
+//! 1. Saturation: many concurrent callers for a while; tokens per second.
+//! 2. Latency at half that rate, open loop (a request is sent on schedule
+//!    whether or not earlier ones came back, and timed from its schedule).
+//!
+//! `cargo bench -p lanyard --bench task_tokens`
+#![allow(clippy::expect_used, clippy::panic, missing_docs, reason = "a benchmark: failures stop it loudly")]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lanyard_proto::agent::FetchTaskTokenRequest;
+use lanyard_proto::agent::tasks_client::TasksClient;
+use lanyard_proto::common::{Entry, TaskSpec};
+use lanyard_proto::workload::X509svidRequest;
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use support::{Cluster, full_run, own_uid, percentile, workload_request};
+use tonic::transport::Channel;
+
+const CONNECTIONS: usize = 8;
+const IN_FLIGHT_PER_CONNECTION: usize = 8;
+
+fn request(task: &str) -> tonic::Request<FetchTaskTokenRequest> {
+    workload_request(FetchTaskTokenRequest {
+        task_id: task.to_owned(),
+        audience: "api.github.com".into(),
+        tools: vec!["github.search".into()],
+        action: "read".into(),
+        ttl_seconds: 0,
+    })
+}
+
+async fn setup() -> (Cluster, String) {
+    let mut cluster = Cluster::start(&[]).await;
+    let connector = "spiffe://example.org/connector/github";
+    cluster
+        .create(Entry {
+            spiffe_id: connector.into(),
+            parent_id: cluster.agent_id.clone(),
+            selectors: vec![format!("unix:uid:{}", own_uid())],
+            tools: vec!["github.search".into()],
+            audiences: vec!["api.github.com".into()],
+            max_classification: "internal".into(),
+            ..Entry::default()
+        })
+        .await;
+    cluster.start_agent().await;
+    let mut svids = SpiffeWorkloadApiClient::new(cluster.agent_channel().await);
+    let started = Instant::now();
+    while svids.fetch_x509svid(workload_request(X509svidRequest {})).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "agent never served an SVID");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spec = TaskSpec {
+        connector: connector.into(),
+        user_sub: "alice".into(),
+        user_iss: "https://idp.example".into(),
+        session: "bench".into(),
+        tools: vec!["github.search".into()],
+        audiences: vec!["api.github.com".into()],
+        classification: "internal".into(),
+        action: "read".into(),
+        ttl_seconds: 3600,
+    };
+    let task = cluster.admin.begin_task(spec).await.expect("begin task").into_inner().task_id;
+    (cluster, task)
+}
+
+/// Closed loop: every worker sends its next request as soon as the last returns.
+async fn saturate(clients: &[TasksClient<Channel>], task: &str, run_for: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for client in clients {
+        for _ in 0..IN_FLIGHT_PER_CONNECTION {
+            let (mut client, done, stop, task) =
+                (client.clone(), Arc::clone(&done), Arc::clone(&stop), task.to_owned());
+            workers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    client.fetch_task_token(request(&task)).await.expect("task token");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(run_for / 5).await; // warm-up
+    let before = done.load(Ordering::Relaxed);
+    let t = Instant::now();
+    tokio::time::sleep(run_for).await;
+    let count = done.load(Ordering::Relaxed) - before;
+    let elapsed = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Open loop at `rate` per second for `run_for`; latencies from each request's schedule.
+async fn at_rate(clients: &[TasksClient<Channel>], task: &str, rate: f64, run_for: Duration) -> Vec<Duration> {
+    let total = (rate * run_for.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(10);
+    let mut handles = Vec::with_capacity(total);
+    for i in 0..total {
+        let scheduled = start + interval * u32::try_from(i).expect("count");
+        tokio::time::sleep_until(scheduled.into()).await;
+        let mut client = clients[i % clients.len()].clone();
+        let task = task.to_owned();
+        handles.push(tokio::spawn(async move {
+            client.fetch_task_token(request(&task)).await.expect("task token");
+            scheduled.elapsed()
+        }));
+    }
+    let mut samples = Vec::with_capacity(total);
+    for h in handles {
+        samples.push(h.await.expect("request"));
+    }
+    samples.sort();
+    samples
+}
+
+#[tokio::main]
+async fn main() {
+    let run_for = if full_run() { Duration::from_secs(10) } else { Duration::from_millis(500) };
+    let (cluster, task) = setup().await;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(TasksClient::new(cluster.agent_channel().await));
+    }
+    let rate = saturate(&clients, &task, run_for).await;
+    println!(
+        "task tokens, saturated ({CONNECTIONS} connections x {IN_FLIGHT_PER_CONNECTION} in flight, {:?}): {rate:.0}/s",
+        run_for
+    );
+    let half = (rate / 2.0).max(10.0);
+    let samples = at_rate(&clients, &task, half, run_for).await;
+    println!(
+        "task tokens at {half:.0}/s (half of saturation), {} requests: p50 {:?} p95 {:?} p99 {:?} max {:?}",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.95),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1],
+    );
+}

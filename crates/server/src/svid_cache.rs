@@ -1,0 +1,87 @@
+//! X.509-SVIDs the server has already verified, so the task-token path does
+//! not repeat an ECDSA verification (about three signatures' worth of CPU)
+//! for the certificate a connector presents on every request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use lanyard_ca::svid::{self, SvidInfo, Usage};
+use ring::digest::{SHA256, digest};
+
+/// Most certificates remembered; past it the cache starts over.
+pub(crate) const MAX_CACHED_SVIDS: usize = 16_384;
+
+/// Verified leaves by SHA-256 of their DER, for one bundle sequence.
+#[derive(Default)]
+pub(crate) struct SvidCache {
+    verified: Mutex<(u64, HashMap<[u8; 32], SvidInfo>)>,
+}
+
+impl SvidCache {
+    /// Verifies `leaf` against `roots` at `now`, or answers from the cache
+    /// when this exact certificate verified under this bundle `sequence`
+    /// and is still within its validity.
+    pub(crate) fn verify(
+        &self,
+        leaf: &[u8],
+        roots: &[Vec<u8>],
+        sequence: u64,
+        now: SystemTime,
+    ) -> Result<SvidInfo, lanyard_ca::CaError> {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, leaf).as_ref());
+        if let Ok(cache) = self.verified.lock()
+            && let (seq, Some(info)) = (cache.0, cache.1.get(&key))
+            // INVARIANT: entries are only ever verified under `seq`; a bundle
+            // change (a key revoked) empties the cache below.
+            && seq == sequence
+            && info.not_before <= now
+            && now < info.not_after
+        {
+            return Ok(info.clone());
+        }
+        let info = svid::verify_chain(std::slice::from_ref(&leaf.to_vec()), roots, now, Usage::Client)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.0 != sequence || cache.1.len() >= MAX_CACHED_SVIDS {
+                *cache = (sequence, HashMap::new());
+            }
+            cache.1.insert(key, info.clone());
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lanyard_ca::{X509Authority, X509SvidTemplate, csr};
+
+    use super::*;
+
+    #[test]
+    fn caches_only_what_verified_and_forgets_on_bundle_change_and_expiry() {
+        let now = SystemTime::now();
+        let td = "example.org".parse().unwrap();
+        let ca = X509Authority::generate(&td, now, Duration::from_secs(3600)).unwrap();
+        let other = X509Authority::generate(&td, now, Duration::from_secs(3600)).unwrap();
+        let (_, request) = csr::new_key_and_csr().unwrap();
+        let template = X509SvidTemplate {
+            spiffe_id: "spiffe://example.org/c".parse().unwrap(),
+            dns_names: vec![],
+            ttl: Duration::from_secs(60),
+            public_key: csr::parse_csr(&request).unwrap(),
+        };
+        let leaf = ca.sign_svid(&template, now).unwrap().der;
+        let roots = vec![ca.cert_der().to_vec()];
+        let cache = SvidCache::default();
+        assert!(cache.verify(&leaf, &[other.cert_der().to_vec()], 1, now).is_err());
+        assert!(cache.verify(&leaf, &roots, 1, now).is_ok());
+        // Cached under sequence 1; under sequence 2 it is verified again, against the new roots.
+        assert!(cache.verify(&leaf, &[other.cert_der().to_vec()], 2, now).is_err());
+        assert!(cache.verify(&leaf, &roots, 2, now).is_ok());
+        // Past its notAfter the cache does not answer, and verification fails.
+        assert!(cache.verify(&leaf, &roots, 2, now + Duration::from_secs(61)).is_err());
+    }
+}
