@@ -56,7 +56,12 @@ pub(crate) fn spiffe_id(path: &str) -> String {
 /// A `lanyard` command with a clean environment: no ambient sockets, tokens
 /// or log settings leak in from the caller's shell.
 pub(crate) fn lanyard() -> Command {
-    let mut cmd = Command::new(BIN);
+    lanyard_at(Path::new(BIN))
+}
+
+/// [`lanyard`] run from another path to the same binary (see [`Workload`]).
+pub(crate) fn lanyard_at(path: &Path) -> Command {
+    let mut cmd = Command::new(path);
     for var in ["LANYARD_ADMIN_SOCKET", "SPIFFE_ENDPOINT_SOCKET", "LANYARD_JOIN_TOKEN", "RUST_LOG"] {
         cmd.env_remove(var);
     }
@@ -181,6 +186,8 @@ fn kill_now(child: &mut Child) -> ExitStatus {
 pub(crate) struct TestServer {
     dir: TempDir,
     port: u16,
+    /// Arguments added to `server run` (on every start).
+    extra: Vec<String>,
     child: Option<Child>,
     /// Whether a panic message already carried the log tail.
     logged: Cell<bool>,
@@ -189,8 +196,14 @@ pub(crate) struct TestServer {
 impl TestServer {
     /// Starts a server and waits until its admin socket answers.
     pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`TestServer::start`] with more `server run` arguments (`--policy DIR`, …).
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("lanyard-e2e-").tempdir().unwrap();
-        let mut server = Self { dir, port: free_port(), child: None, logged: Cell::new(false) };
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut server = Self { dir, port: free_port(), extra, child: None, logged: Cell::new(false) };
         // The port was free when we looked; a parallel test may take it
         // before the server binds. Then try another.
         for _ in 0..3 {
@@ -208,7 +221,7 @@ impl TestServer {
     }
 
     fn run_args(&self) -> Vec<&str> {
-        vec![
+        let mut args = vec![
             "server",
             "run",
             "--data-dir",
@@ -219,7 +232,9 @@ impl TestServer {
             path_str(&self.admin_socket()),
             "--listen",
             Box::leak(self.addr().into_boxed_str()),
-        ]
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        args
     }
 
     /// Polls `bundle show` until it succeeds; the error says why not.
@@ -330,6 +345,17 @@ impl TestServer {
             self.fail("server did not exit within 15s of SIGTERM");
         }
         status
+    }
+
+    /// Sends `signal` to the running server.
+    pub(crate) fn signal(&self, signal: Signal) {
+        kill(pid_of(self.child.as_ref().expect("server is not running")), signal).unwrap();
+    }
+
+    /// `audit query ARGS` (JSON lines), one value per record.
+    pub(crate) fn audit_query(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let args = [&["audit", "query", "--limit", "100000"], args].concat();
+        self.admin_ok(&args).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     /// SIGKILL.
@@ -595,4 +621,233 @@ pub(crate) fn key_certified_by(leaf: &lanyard_ca::svid::SvidInfo, pkcs8: &[u8]) 
     let spki = &leaf.spki_der;
     let point = &spki[spki.len().saturating_sub(65)..];
     point.len() == 65 && point[0] == 0x04 && pkcs8.windows(65).any(|w| w == point)
+}
+
+/// Copies a directory tree (a stopped server's store, say).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// SHA-256.
+pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec()
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unpadded base64url.
+pub(crate) fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Segment `i` (0 header, 1 claims) of a compact JWS, as JSON.
+pub(crate) fn jws_part(token: &str, i: usize) -> serde_json::Value {
+    use base64::Engine;
+    let segment = token.trim().split('.').nth(i).unwrap_or_else(|| panic!("{token:?} has no segment {i}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Asserts a refusal: exit non-zero, `permission denied` and `why` on
+/// stderr; that stderr.
+pub(crate) fn refused(what: &str, output: &Output, why: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{what} was allowed: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("permission denied") && stderr.contains(why), "{what}: expected {why:?}, got {stderr}");
+    stderr
+}
+
+/// The binary under test at a path of its own (a hard link, else a copy):
+/// the agent tells processes apart by their executable's path, so each of
+/// these is a workload that `unix:path:` selectors can name separately.
+/// Its commands go to one agent's socket.
+pub(crate) struct Workload {
+    path: PathBuf,
+    endpoint: String,
+}
+
+impl Workload {
+    /// `dir/name`, talking to `agent`.
+    pub(crate) fn new(dir: &Path, name: &str, agent: &TestAgent) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        // The agent sees the resolved path (/proc/PID/exe).
+        let path = std::fs::canonicalize(dir).unwrap().join(name);
+        if std::fs::hard_link(BIN, &path).is_err() {
+            // Another file system. `cp` writes it, not this process: a write
+            // handle of ours could leak into a concurrently spawned child and
+            // make executing the copy fail with ETXTBSY.
+            let status = Command::new("cp").arg(BIN).arg(&path).status().unwrap();
+            assert!(status.success(), "cannot copy {BIN} to {}", path.display());
+        }
+        Self { path, endpoint: agent.endpoint() }
+    }
+
+    /// The selector that matches this workload and no other.
+    pub(crate) fn selector(&self) -> String {
+        format!("unix:path:{}", self.path.display())
+    }
+
+    /// `lanyard ARGS --socket <agent>` run from this path.
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = lanyard_at(&self.path);
+        cmd.args(args).arg("--socket").arg(&self.endpoint);
+        run(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// Polls `svid fetch` until the agent serves `spiffe_id` to this workload.
+    pub(crate) fn wait_served(&self, spiffe_id: &str) {
+        eventually(SVID_TIMEOUT, &format!("{spiffe_id} to be served to {}", self.path.display()), || {
+            let output = self.run(&["svid", "fetch", "--output", "json"]);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match output.status.success() && stdout.contains(&format!("\"{spiffe_id}\"")) {
+                true => Ok(()),
+                false => Err(format!("{stdout}{}", String::from_utf8_lossy(&output.stderr))),
+            }
+        })
+    }
+
+    /// `task-token fetch` for `task`.
+    pub(crate) fn fetch_token(&self, task: &str, audience: &str, tools: &[&str], action: &str) -> Output {
+        let mut args = vec!["task-token", "fetch", "--task", task, "--audience", audience, "--action", action];
+        for tool in tools {
+            args.extend(["--tool", tool]);
+        }
+        self.run(&args)
+    }
+}
+
+/// The connector every task rig registers.
+pub(crate) const CONNECTOR: &str = "spiffe://example.org/connector/github";
+/// The orchestrator (task authority) every task rig registers.
+pub(crate) const ORCHESTRATOR: &str = "spiffe://example.org/orchestrator/host";
+/// Tools in the connector's entry.
+pub(crate) const SEARCH: &str = "github.search";
+pub(crate) const READ_FILE: &str = "github.read_file";
+pub(crate) const CREATE_ISSUE: &str = "github.create_issue";
+/// Audiences in the connector's entry.
+pub(crate) const GITHUB: &str = "api.github.com";
+pub(crate) const UPLOADS: &str = "uploads.github.com";
+
+/// A server, an agent, and two workloads on it: an orchestrator (task
+/// authority, nothing else) and a connector (tools {search, read_file,
+/// create_issue}, audiences {api, uploads}, at most `internal` data), each
+/// matched by its own executable path and both served before `start` returns.
+pub(crate) struct TaskRig {
+    pub(crate) server: TestServer,
+    pub(crate) agent: TestAgent,
+    pub(crate) orchestrator: Workload,
+    pub(crate) connector: Workload,
+}
+
+impl TaskRig {
+    /// `server_args` go to `server run`, `connector_args` to the connector's `entry create`.
+    pub(crate) fn start(server_args: &[&str], connector_args: &[&str]) -> Self {
+        let server = TestServer::start_with(server_args);
+        let agent = TestAgent::start(&server, "node1");
+        let orchestrator = Workload::new(&server.dir().join("bin"), "orchestrator", &agent);
+        let connector = Workload::new(&server.dir().join("bin"), "connector", &agent);
+        server.create_entry(ORCHESTRATOR, &agent.spiffe_id(), &[&orchestrator.selector()], &["--task-authority"]);
+        #[rustfmt::skip]
+        let ceilings = [
+            "--tool", SEARCH, "--tool", READ_FILE, "--tool", CREATE_ISSUE,
+            "--audience", GITHUB, "--audience", UPLOADS, "--max-classification", "internal",
+        ];
+        let extra = [&ceilings[..], connector_args].concat();
+        server.create_entry(CONNECTOR, &agent.spiffe_id(), &[&connector.selector()], &extra);
+        orchestrator.wait_served(ORCHESTRATOR);
+        connector.wait_served(CONNECTOR);
+        Self { server, agent, orchestrator, connector }
+    }
+
+    /// Another workload (binary path) on the rig's agent.
+    pub(crate) fn workload(&self, name: &str) -> Workload {
+        Workload::new(&self.server.dir().join("bin"), name, &self.agent)
+    }
+
+    /// Begins `spec` as the orchestrator workload; the task id.
+    pub(crate) fn begin(&self, spec: &TaskSpec<'_>) -> String {
+        task_id("task begin (as the orchestrator)", &self.orchestrator.run(&spec.args()))
+    }
+
+    /// The connector's task token for `task`, which must be granted.
+    pub(crate) fn token(&self, task: &str, audience: &str, tools: &[&str], action: &str) -> String {
+        let output = self.connector.fetch_token(task, audience, tools, action);
+        if !output.status.success() {
+            self.server.fail(&format!(
+                "task-token fetch {task} {audience} {tools:?} {action} refused: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        assert_eq!(token.split('.').count(), 3, "a compact JWS: {token}");
+        token
+    }
+}
+
+/// A task to begin: `TaskSpec { session: "s2", ..TaskSpec::default() }`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TaskSpec<'a> {
+    pub(crate) connector: &'a str,
+    pub(crate) user: &'a str,
+    pub(crate) session: &'a str,
+    pub(crate) tools: &'a [&'a str],
+    pub(crate) audiences: &'a [&'a str],
+    pub(crate) classification: &'a str,
+    pub(crate) action: &'a str,
+    pub(crate) ttl: &'a str,
+}
+
+impl Default for TaskSpec<'static> {
+    /// alice (at https://idp.example) reads internal data with github.search
+    /// at api.github.com, in session S, for 10 minutes.
+    fn default() -> Self {
+        Self {
+            connector: CONNECTOR,
+            user: "alice",
+            session: "S",
+            tools: &[SEARCH],
+            audiences: &[GITHUB],
+            classification: "internal",
+            action: "read",
+            ttl: "10m",
+        }
+    }
+}
+
+impl TaskSpec<'_> {
+    /// `task begin … --output json`.
+    pub(crate) fn args(&self) -> Vec<&str> {
+        let mut args = vec!["task", "begin", "--connector", self.connector, "--user-sub", self.user];
+        args.extend(["--user-iss", "https://idp.example", "--session", self.session]);
+        for tool in self.tools {
+            args.extend(["--tool", tool]);
+        }
+        for audience in self.audiences {
+            args.extend(["--audience", audience]);
+        }
+        args.extend(["--classification", self.classification, "--action", self.action]);
+        args.extend(["--ttl", self.ttl, "--output", "json"]);
+        args
+    }
+}
+
+/// The `task_id` of a successful `task begin --output json`.
+pub(crate) fn task_id(what: &str, output: &Output) -> String {
+    let json: serde_json::Value = serde_json::from_str(&success(what, output)).unwrap();
+    let id = json["task_id"].as_str().unwrap_or_else(|| panic!("{what}: no task_id in {json}")).to_owned();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "task id {id:?} is not 128 bits of hex");
+    id
 }

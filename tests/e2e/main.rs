@@ -7,7 +7,10 @@
 //! - [`spiffe_client`]: the unmodified crates.io `spiffe` client against our agent;
 //! - [`security`]: the security invariants of DESIGN.md, each shown refusing;
 //! - [`resilience`]: rotation, server outage, SIGKILL durability;
-//! - [`cli`]: the command-line contract (errors on one line, files written).
+//! - [`cli`]: the command-line contract (errors on one line, files written);
+//! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
+//! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
+//! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL.
 //!
 //! Every test starts its own server and agent in its own temp dir on its own
 //! port, so tests run in parallel; every child process is killed when its
@@ -24,8 +27,11 @@
     reason = "test code: a failed unwrap or panic is a failed test with a line number"
 )]
 
+mod audit;
 mod cli;
 mod harness;
+mod policy;
 mod resilience;
 mod security;
 mod spiffe_client;
+mod tasks;

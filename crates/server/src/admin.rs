@@ -202,7 +202,10 @@ impl Admin for AdminApi {
     async fn ban_agent(&self, req: Request<BanAgentRequest>) -> Result<Response<Agent>, Status> {
         let actor = self.authorize(&req)?;
         let id = parse_spiffe_id("spiffe_id", &req.get_ref().spiffe_id)?;
-        let audit = self.state.audit("agent.ban", &actor, id.as_str(), serde_json::json!({}));
+        let audit = AuditEvent {
+            context: AuditContext { agent: Some(id.clone()), ..AuditContext::default() },
+            ..self.state.audit("agent.ban", &actor, id.as_str(), serde_json::json!({}))
+        };
         let banned =
             self.state.store.ban_agent(&id, unix_secs(self.state.now()), audit).await.map_err(ApiError::from)?;
         // Wake live sync streams so the banned agent's stream ends now.
@@ -248,7 +251,10 @@ impl Admin for AdminApi {
     async fn revoke_session(&self, req: Request<RevokeSessionRequest>) -> Result<Response<Revocation>, Status> {
         let actor = self.authorize(&req)?;
         let session: SessionId = req.get_ref().session.parse().map_err(|e| ApiError::invalid("session", e))?;
-        let audit = self.state.audit("session.revoke", &actor, session.as_str(), serde_json::json!({}));
+        let audit = AuditEvent {
+            context: AuditContext { session: Some(session.clone()), ..AuditContext::default() },
+            ..self.state.audit("session.revoke", &actor, session.as_str(), serde_json::json!({}))
+        };
         let revocation = self
             .state
             .store
@@ -275,12 +281,11 @@ impl Admin for AdminApi {
             reported_at: now,
             reported_by: actor.clone(),
         };
-        let audit = self.state.audit(
-            "risk.report",
-            &actor,
-            &subject.to_string(),
-            serde_json::json!({ "level": level.to_string() }),
-        );
+        let detail = serde_json::json!({ "level": level.to_string(), "reason": record.reason });
+        let audit = AuditEvent {
+            context: risk_context(&subject),
+            ..self.state.audit("risk.report", &actor, &subject.to_string(), detail)
+        };
         let revocation = self.state.store.report_risk(record, audit).await.map_err(ApiError::from)?;
         tracing::warn!(subject = %subject, level = %level, "risk reported");
         Ok(Response::new(revocation_to_proto(&revocation)))
@@ -289,7 +294,10 @@ impl Admin for AdminApi {
     async fn clear_risk(&self, req: Request<ClearRiskRequest>) -> Result<Response<Revocation>, Status> {
         let actor = self.authorize(&req)?;
         let subject = risk_subject(req.get_ref().subject.as_ref())?;
-        let audit = self.state.audit("risk.clear", &actor, &subject.to_string(), serde_json::json!({}));
+        let audit = AuditEvent {
+            context: risk_context(&subject),
+            ..self.state.audit("risk.clear", &actor, &subject.to_string(), serde_json::json!({}))
+        };
         let revocation =
             self.state.store.clear_risk(&subject, unix_secs(self.state.now()), audit).await.map_err(ApiError::from)?;
         Ok(Response::new(revocation_to_proto(&revocation)))
@@ -484,4 +492,22 @@ fn risk_subject(subject: Option<&lanyard_proto::admin::RiskSubject>) -> Result<R
         return parse_spiffe_id("agent", &s.agent).map(RiskSubject::Agent);
     }
     s.session.parse().map(RiskSubject::Session).map_err(|e| ApiError::invalid("session", e))
+}
+
+/// The structured fields of a risk's audit record: the subject in the field
+/// of its kind, so that queries by user, connector or agent find it. A user
+/// reported for every issuer is recorded with issuer `*`.
+fn risk_context(subject: &RiskSubject) -> AuditContext {
+    let mut context = AuditContext::default();
+    match subject {
+        RiskSubject::User { sub, iss } => {
+            if let (Ok(sub), Ok(iss)) = (sub.parse(), iss.as_deref().unwrap_or("*").parse()) {
+                context.user = Some(User { sub, iss });
+            }
+        }
+        RiskSubject::Connector(id) => context.connector = Some(id.clone()),
+        RiskSubject::Agent(id) => context.agent = Some(id.clone()),
+        RiskSubject::Session(s) => context.session = Some(s.clone()),
+    }
+    context
 }

@@ -15,7 +15,7 @@ use lanyard_core::{
 };
 use lanyard_policy::{BeginRequest, DelegateRequest, Deny, OpenRisks, RiskLevel, TokenRequest};
 use lanyard_proto::{agent, common};
-use lanyard_store::{AuditContext, AuditEvent, EntryFilter, Revocation, RiskSubject};
+use lanyard_store::{AuditContext, AuditEvent, EntryFilter, Preconditions, Revocation, RiskSubject, StoreError};
 
 use crate::convert::{parse_all, parse_spiffe_id};
 use crate::state::State;
@@ -110,6 +110,22 @@ impl State {
         ApiError::PermissionDenied(reason)
     }
 
+    /// The subjects a request's risks are looked up on.
+    fn risk_subjects(
+        user: &User,
+        connector: &SpiffeId,
+        agent: Option<&SpiffeId>,
+        session: &SessionId,
+    ) -> Vec<RiskSubject> {
+        let mut subjects = vec![
+            RiskSubject::User { sub: user.sub.to_string(), iss: Some(user.iss.to_string()) },
+            RiskSubject::Connector(connector.clone()),
+            RiskSubject::Session(session.clone()),
+        ];
+        subjects.extend(agent.cloned().map(RiskSubject::Agent));
+        subjects
+    }
+
     /// The highest open risk on each subject a request involves.
     pub(crate) async fn open_risks(
         &self,
@@ -118,12 +134,7 @@ impl State {
         agent: Option<&SpiffeId>,
         session: &SessionId,
     ) -> Result<OpenRisks, ApiError> {
-        let mut subjects = vec![
-            RiskSubject::User { sub: user.sub.to_string(), iss: Some(user.iss.to_string()) },
-            RiskSubject::Connector(connector.clone()),
-            RiskSubject::Session(session.clone()),
-        ];
-        subjects.extend(agent.cloned().map(RiskSubject::Agent));
+        let subjects = Self::risk_subjects(user, connector, agent, session);
         let mut risks = OpenRisks::default();
         for record in self.store.open_risks(&subjects).await? {
             let Ok(level) = record.level.parse::<RiskLevel>() else {
@@ -319,8 +330,30 @@ impl State {
         event.context.policies = decision.policies;
         event.context.jti_hash = Some(task_token::jti_hash(&signed.jti));
         event.detail = serde_json::json!({ "exp": unix_secs(signed.expires_at), "kid": keys.task_tokens.kid() });
-        // INVARIANT: no token leaves before its audit record is durable.
-        self.store.append_audit(event).await?;
+        // INVARIANT: no token leaves before its audit record is durable, and
+        // the record is written only if no revocation got in since the checks
+        // above (the store checks again under the lock revocations take).
+        let pre = Preconditions {
+            tasks: std::iter::once(&task).chain(&ancestors).map(|t| t.id).collect(),
+            now: unix_secs(now),
+            session: Some(task.session.clone()),
+            risks: Self::risk_subjects(&task.user, &task.connector, Some(agent), &task.session),
+            blocking_levels: RiskLevel::ALL
+                .into_iter()
+                .filter(|l| *l >= self.ceilings.risk_threshold)
+                .map(|l| l.to_string())
+                .collect(),
+        };
+        match self.store.append_audit_if(event.clone(), &pre).await {
+            Ok(_) => {}
+            Err(StoreError::Revoked(reason)) => {
+                event.context.decision = None;
+                event.context.policies.clear();
+                event.context.jti_hash = None;
+                return Err(self.record_deny(event, reason, Vec::new()).await);
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(common::TaskToken {
             token: signed.token,
             expires_at: crate::convert::secs_i64(unix_secs(signed.expires_at)),

@@ -93,7 +93,8 @@ impl AuditContext {
 /// Which records [`crate::Store::query_audit`] returns; every field set must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditFilter {
-    /// Only records whose context names this task.
+    /// Only records whose context names this task, or that ended it (a
+    /// revocation's `detail.ended_tasks`).
     pub task: Option<TaskId>,
     /// Only records whose context names an end user with this subject (any issuer).
     pub user_sub: Option<String>,
@@ -109,12 +110,18 @@ impl AuditFilter {
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &AuditEvent) -> bool {
         let ctx = &event.context;
-        self.task.as_ref().is_none_or(|t| ctx.task.as_ref() == Some(t))
+        self.task.as_ref().is_none_or(|t| ctx.task.as_ref() == Some(t) || ended(event, t))
             && self.user_sub.as_deref().is_none_or(|s| ctx.user.as_ref().is_some_and(|u| u.sub.as_str() == s))
             && self.connector.as_ref().is_none_or(|c| ctx.connector.as_ref() == Some(c))
             && self.since.is_none_or(|t| event.at >= t)
             && self.kind.as_deref().is_none_or(|k| event.kind == k)
     }
+}
+
+/// Whether a revocation record lists `task` among the tasks it ended.
+fn ended(event: &AuditEvent, task: &TaskId) -> bool {
+    let task = task.to_string();
+    event.detail["ended_tasks"].as_array().is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(task.as_str())))
 }
 
 /// A stored audit record: one link of a hash chain.
@@ -341,19 +348,17 @@ impl ChainWalker {
         Self { head: ChainHead::GENESIS }
     }
 
-    /// Checks the record stored under `key_seq` with raw JSON `bytes`.
-    pub(crate) fn check(&mut self, key_seq: u64, bytes: &[u8]) -> Result<()> {
+    /// Checks the record stored at position `key_seq`, as parsed JSON.
+    pub(crate) fn check(&mut self, key_seq: u64, stored: Value) -> Result<()> {
         let want = self.head.seq + 1;
         let broken = |reason: String| StoreError::ChainBroken { seq: want, reason };
         if key_seq != want {
             return Err(broken(format!("record {want} is missing (next is {key_seq})")));
         }
-        let stored: Value =
-            serde_json::from_slice(bytes).map_err(|e| broken(format!("record does not decode: {e}")))?;
         let record: AuditRecord =
             serde_json::from_value(stored.clone()).map_err(|e| broken(format!("record does not decode: {e}")))?;
         if record.seq != want {
-            return Err(broken(format!("record claims seq {}", record.seq)));
+            return Err(broken(format!("record {want} is missing or out of order (found record {})", record.seq)));
         }
         if record.prev_hash != self.head.hash {
             return Err(broken("prev_hash is not the previous record's hash".into()));

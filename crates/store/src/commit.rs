@@ -97,6 +97,13 @@ impl GroupCommit {
     }
 
     /// Whether a flush has failed (or the store shut down).
+    /// Marks the store unusable: every waiter and every later call fails.
+    /// For a write that got half-way (its record logged, its change not
+    /// applied): nothing more may be answered until a restart recovers.
+    pub(crate) fn close(&self) {
+        self.flushed.send_modify(|s| s.closed = true);
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.flushed.borrow().closed
     }

@@ -52,7 +52,8 @@ pub use audit::{
 };
 pub use error::{Result, StoreError};
 pub use records::{
-    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, TaskFilter, hash_join_token,
+    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, Preconditions, TaskFilter,
+    hash_join_token,
 };
 pub use revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject};
 pub use sled_store::SledStore;

@@ -241,3 +241,20 @@ mod tests {
         );
     }
 }
+
+/// What must still hold when an allow decision's audit record is written:
+/// checked under the same lock as every revocation, so a decision and a
+/// revocation are ordered in the log the way they took effect.
+#[derive(Clone, Debug, Default)]
+pub struct Preconditions {
+    /// Tasks that must not have ended and must not expire before `now`.
+    pub tasks: Vec<lanyard_core::TaskId>,
+    /// Unix seconds of the decision.
+    pub now: u64,
+    /// A session that must not be revoked.
+    pub session: Option<lanyard_core::SessionId>,
+    /// Subjects that must have no open risk at one of `blocking_levels`.
+    pub risks: Vec<crate::RiskSubject>,
+    /// Risk levels that block (e.g. `["low", "medium", "high"]`).
+    pub blocking_levels: Vec<String>,
+}

@@ -1,5 +1,6 @@
 //! The embedded store: one sled directory, no setup.
 
+mod audit_file;
 mod entries;
 mod layout;
 mod log;
@@ -10,6 +11,7 @@ mod tasks;
 mod tests;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,15 +24,17 @@ use crate::error::{Result, StoreError};
 use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord, TaskFilter};
 use crate::revocation::{Revocation, RiskRecord, RiskSubject};
 use crate::store::Store;
+use audit_file::{AuditFile, RedoOp};
 use entries::EntryState;
-use layout::{SCHEMA_KEY, TreeId, Trees};
+use layout::{AUDIT_APPLIED_KEY, SCHEMA_KEY, TreeId, Trees};
 use log::{Durable, LogState};
 
-/// A [`Store`] in a sled database directory.
+/// A [`Store`] in a directory: sled trees for state, and `audit.log`, the
+/// audit log and write-ahead log of every audited change.
 ///
-/// Every write is applied to sled in one transaction (record, indexes,
-/// revision and audit record together), then awaits the group commit, so
-/// it is acknowledged only once durable. Dropping the store flushes what is
+/// Every write appends its audit record (with its tree writes) to the log,
+/// applies its tree writes in one sled transaction, then awaits the group
+/// commit, so it is acknowledged only once durable. Dropping the store flushes what is
 /// pending and releases the directory lock; that final flush blocks the
 /// dropping thread.
 #[derive(Debug)]
@@ -55,6 +59,14 @@ struct Inner {
     chain: Mutex<LogState>,
     /// The applied and durable audit and revocation heads.
     durable: Arc<Durable>,
+    /// The audit log.
+    audit_file: Arc<AuditFile>,
+    /// Held shared by a write from its log line to its tree writes, and
+    /// exclusively by the flusher around syncing the log and flushing the
+    /// trees: the trees are never durable ahead of the log.
+    sled_gate: Arc<RwLock<()>>,
+    /// Whether the trees have writes the last flush did not cover.
+    sled_dirty: Arc<AtomicBool>,
     commit: Arc<GroupCommit>,
     /// The newest durable entry revision.
     revision: watch::Sender<u64>,
@@ -92,19 +104,34 @@ impl SledStore {
         let db = open_db(dir)?;
         let trees = Trees::open(&db)?;
         check_schema(&trees, &db)?;
+        let audit_file = Arc::new(AuditFile::open(dir)?);
+        migrate_audit_tree(&trees, &audit_file, &db)?;
+        let gap = recover(&trees, &audit_file, &db)?;
         let state = EntryState::load(&trees)?;
-        let log = LogState::load(&trees)?;
+        let log = LogState::load(&trees, &audit_file)?;
         let durable = Arc::new(Durable::new(&log));
-        let flushed = Arc::clone(&durable);
-        let (commit, flusher) = GroupCommit::start(move || {
-            if !flush_delay.is_zero() {
-                std::thread::sleep(flush_delay);
+        let sled_gate = Arc::new(RwLock::new(()));
+        let sled_dirty = Arc::new(AtomicBool::new(false));
+        let flush = {
+            let (durable, file, gate, dirty) =
+                (Arc::clone(&durable), Arc::clone(&audit_file), Arc::clone(&sled_gate), Arc::clone(&sled_dirty));
+            move || {
+                if !flush_delay.is_zero() {
+                    std::thread::sleep(flush_delay);
+                }
+                let mark = durable.mark();
+                {
+                    let _gate = gate.write().unwrap_or_else(PoisonError::into_inner);
+                    file.sync()?;
+                    if dirty.swap(false, Ordering::SeqCst) {
+                        db.flush()?;
+                    }
+                }
+                durable.publish(mark);
+                Ok(())
             }
-            let mark = flushed.mark();
-            db.flush()?;
-            flushed.publish(mark);
-            Ok(())
-        })?;
+        };
+        let (commit, flusher) = GroupCommit::start(flush)?;
         tracing::info!(
             path = %dir.display(),
             revision = state.revision,
@@ -118,10 +145,35 @@ impl SledStore {
             entries: RwLock::new(state),
             chain: Mutex::new(log),
             durable,
+            audit_file,
+            sled_gate,
+            sled_dirty,
             commit,
             tombstone_retention: tombstone_retention.max(1),
         };
-        Ok(Self { inner: Arc::new(inner), _flusher: flusher })
+        let store = Self { inner: Arc::new(inner), _flusher: flusher };
+        if let Some((applied, logged)) = gap {
+            store.record_gap(applied, logged)?;
+        }
+        Ok(store)
+    }
+
+    /// Notes in the log itself that the trees held changes past its end.
+    fn record_gap(&self, applied: u64, logged: u64) -> Result<()> {
+        tracing::error!(applied, logged, "the trees held changes whose audit records were lost in a crash");
+        let event = AuditEvent {
+            kind: "store.recovery".into(),
+            actor: "store".into(),
+            subject: String::new(),
+            detail: serde_json::json!({
+                "problem": "state changes past the end of the audit log; their records were lost before they were durable, and none of them was acknowledged",
+                "trees_applied_through": applied,
+                "log_ended_at": logged,
+            }),
+            ..AuditEvent::default()
+        };
+        self.inner.append_audit(event)?;
+        Ok(())
     }
 
     /// How many flushes (fsyncs) the store has started: diagnostics for
@@ -159,6 +211,20 @@ impl SledStore {
         tokio::task::spawn_blocking(move || f(&inner))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(format!("store worker failed: {e}"))))?
+    }
+
+    /// Appends audit records that change no state, on the calling task (a
+    /// write to the log file, microseconds), then waits until durable.
+    async fn append_only<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        self.inner.commit.check_open()?;
+        let value = f(&self.inner)?;
+        let ticket = self.inner.commit.ticket();
+        self.inner.commit.wait(ticket).await?;
+        Ok(value)
     }
 
     /// Runs a write, then waits until it is durable.
@@ -201,6 +267,59 @@ impl Inner {
 /// state is only assigned after the write it describes has been applied.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Moves the records of the `audit` tree (where stores kept them before
+/// `audit.log`) into the log, once, then empties the tree.
+fn migrate_audit_tree(trees: &Trees, file: &AuditFile, db: &sled::Db) -> Result<()> {
+    let tree = trees.get(TreeId::Audit);
+    if tree.is_empty() {
+        return Ok(());
+    }
+    if file.len() > 0 {
+        return Err(StoreError::Corrupt("audit records both in the audit tree and in audit.log".into()));
+    }
+    let mut last = 0;
+    for item in tree.iter() {
+        let (key, bytes) = item?;
+        let record: AuditRecord = layout::decode(TreeId::Audit, &key, &bytes)?;
+        last = record.seq;
+        file.append(&record, &[])?;
+    }
+    file.sync()?;
+    let mut batch = layout::Batch::default();
+    batch.put(TreeId::Meta, AUDIT_APPLIED_KEY, &last)?;
+    trees.apply(&batch)?;
+    tree.clear()?;
+    db.flush()?;
+    tracing::info!(records = last, "moved the audit records into audit.log");
+    Ok(())
+}
+
+/// Redoes the tree writes of logged records the trees lost (a crash after
+/// the log was synced, before the trees were flushed). Answers the gap when
+/// the trees are instead ahead of the log (see [`SledStore::record_gap`]).
+fn recover(trees: &Trees, file: &AuditFile, db: &sled::Db) -> Result<Option<(u64, u64)>> {
+    let applied: u64 = trees.read(TreeId::Meta, AUDIT_APPLIED_KEY)?.unwrap_or(0);
+    let logged = file.len();
+    if applied > logged {
+        return Ok(Some((applied, logged)));
+    }
+    let mut redone = 0u64;
+    file.scan(applied + 1, logged, |seq, stored| {
+        if !stored.redo.is_empty() {
+            let mut batch = RedoOp::to_batch(&stored.redo, seq)?;
+            batch.put(TreeId::Meta, AUDIT_APPLIED_KEY, &seq)?;
+            trees.apply(&batch)?;
+            redone += 1;
+        }
+        Ok(true)
+    })?;
+    if redone > 0 {
+        db.flush()?;
+        tracing::warn!(redone, "redid audited changes the trees had lost in a crash");
+    }
+    Ok(None)
 }
 
 /// How long [`open_db`] waits for a directory lock that is being released.
@@ -342,14 +461,19 @@ impl Store for SledStore {
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord> {
-        self.write(move |inner| inner.append_audit(event)).await
+        self.append_only(move |inner| inner.append_audit(event)).await
+    }
+
+    async fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord> {
+        let pre = pre.clone();
+        self.append_only(move |inner| inner.append_audit_if(event, &pre)).await
     }
 
     async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |inner| inner.append_audit_batch(events)).await
+        self.append_only(move |inner| inner.append_audit_batch(events)).await
     }
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {

@@ -103,6 +103,12 @@ pub trait Store: Send + Sync + 'static {
     /// callers share one flush (group commit).
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord>;
 
+    /// Appends an allow decision's record only if `pre` still holds at that
+    /// moment (checked under the lock every revocation takes); otherwise
+    /// [`StoreError::Revoked`] naming what no longer holds, and nothing is
+    /// written. Returns once durable.
+    async fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord>;
+
     /// Appends several records atomically, with consecutive seqs, and
     /// returns them once durable: one write for a batch of credentials.
     /// An empty batch writes nothing.

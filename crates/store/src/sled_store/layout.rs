@@ -11,7 +11,7 @@
 //! | `agents` | agent SPIFFE ID | [`AgentRecord`](crate::AgentRecord) JSON |
 //! | `join_tokens` | SHA-256 of the token | [`JoinTokenRecord`](crate::JoinTokenRecord) JSON |
 //! | `keys` | key id | [`KeyRecord`](crate::KeyRecord) JSON |
-//! | `audit` | seq, u64 big-endian | [`AuditRecord`](crate::AuditRecord) JSON |
+//! | `audit` | seq, u64 big-endian | before `audit.log`: records, moved to the file at open |
 //! | `tasks` | task id, 16 bytes | [`Task`](lanyard_core::Task) JSON |
 //! | `task_children` | parent id ‖ child id, 16 + 16 bytes | empty |
 //! | `tasks_by_session` | session `\0` task id (16 bytes) | empty |
@@ -19,7 +19,9 @@
 //! | `revoked_sessions` | session | JSON number: seq of its first revocation |
 //! | `risks` | [`risk_key`] of the subject | [`RiskRecord`](crate::RiskRecord) JSON |
 //!
-//! `meta` also holds `revocation_seq`, the newest revocation event's seq.
+//! `meta` also holds `revocation_seq`, the newest revocation event's seq, and
+//! `audit_applied`, the seq of the newest audit record whose state change is
+//! in the trees (what recovery redoes from; see `audit_file`).
 //! The task, revocation and risk trees came after schema version 1 without
 //! changing how anything older is read, so they did not bump it: a store
 //! without them simply has none yet.
@@ -50,6 +52,8 @@ pub(super) const TOMBSTONE_FLOOR_KEY: &[u8] = b"tombstone_floor";
 
 /// `meta` key of the newest revocation event's seq.
 pub(super) const REVOCATION_SEQ_KEY: &[u8] = b"revocation_seq";
+/// `meta` key: the newest audit record whose change the trees hold.
+pub(super) const AUDIT_APPLIED_KEY: &[u8] = b"audit_applied";
 
 /// One sled tree; the discriminant indexes [`Trees::all`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +117,11 @@ impl TreeId {
         }
     }
 
+    /// The tree called `name`.
+    pub(super) fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// Whether keys are big-endian u64s.
     fn numeric_keys(self) -> bool {
         matches!(self, TreeId::EntriesByRev | TreeId::EntryTombstones | TreeId::Audit | TreeId::Revocations)
@@ -140,10 +149,13 @@ pub(super) struct Trees {
     all: [sled::Tree; TREE_COUNT],
 }
 
+/// One write: a tree, a key, and the new value (`None` removes the key).
+pub(super) type Op = (TreeId, Vec<u8>, Option<Vec<u8>>);
+
 /// Writes to apply atomically across trees.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
-    ops: Vec<(TreeId, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
 }
 
 impl Batch {
@@ -162,6 +174,21 @@ impl Batch {
     /// Removes `key`.
     pub(super) fn remove(&mut self, tree: TreeId, key: impl AsRef<[u8]>) {
         self.ops.push((tree, key.as_ref().to_vec(), None));
+    }
+
+    /// The writes, in order.
+    pub(super) fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Whether there is nothing to write.
+    pub(super) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Whether any write goes to `tree`.
+    pub(super) fn touches(&self, tree: TreeId) -> bool {
+        self.ops.iter().any(|(t, _, _)| *t == tree)
     }
 }
 

@@ -1,12 +1,13 @@
-//! The audit log in the `audit` tree, the audited write every other write
-//! goes through, and the durable heads of the audit log and the
-//! revocation feed.
+//! The audited write every other write goes through (its record in
+//! `audit.log`, its state change in the trees), reading the log back, and
+//! the durable heads of the audit log and the revocation feed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use super::layout::{Batch, REVOCATION_SEQ_KEY, TreeId, Trees, be_key, be_num, decode};
+use super::audit_file::{AuditFile, RedoOp};
+use super::layout::{AUDIT_APPLIED_KEY, Batch, REVOCATION_SEQ_KEY, TreeId, Trees, be_num};
 use super::{Inner, lock};
 use crate::audit::{AuditEvent, AuditFilter, AuditRecord, ChainHead, ChainReport, ChainWalker};
 use crate::error::{Result, StoreError};
@@ -23,23 +24,36 @@ pub(super) struct LogState {
 }
 
 impl LogState {
-    /// Reads both heads from the trees.
-    pub(super) fn load(trees: &Trees) -> Result<Self> {
-        Ok(Self { audit: load_head(trees)?, revocation: load_revocation_seq(trees)? })
+    /// Reads the audit head from the log and the revocation head from the trees.
+    pub(super) fn load(trees: &Trees, file: &AuditFile) -> Result<Self> {
+        Ok(Self { audit: load_head(file)?, revocation: load_revocation_seq(trees)? })
     }
 }
 
 /// The head of the stored chain: its last record, or genesis.
-fn load_head(trees: &Trees) -> Result<ChainHead> {
-    let Some((key, bytes)) = trees.get(TreeId::Audit).last()? else {
-        return Ok(ChainHead::GENESIS);
+///
+/// A last line that does not decode, or claims another seq, is a damaged
+/// log: the store still opens (so that `audit verify` can say where), with
+/// the head at that line, and says so loudly.
+fn load_head(file: &AuditFile) -> Result<ChainHead> {
+    let seq = file.len();
+    let Some(stored) = file.read(seq).or_else(|e| match e {
+        StoreError::ChainBroken { .. } => Ok(None),
+        other => Err(other),
+    })?
+    else {
+        if seq > 0 {
+            tracing::error!(seq, "the last audit log line does not decode: run `lanyard audit verify`");
+        }
+        return Ok(ChainHead { seq, hash: crate::audit::GENESIS_HASH });
     };
-    let record: AuditRecord = decode(TreeId::Audit, &key, &bytes)?;
-    let seq = be_num(TreeId::Audit, &key)?;
-    if record.seq != seq {
-        return Err(StoreError::Corrupt(format!("audit record {seq} claims seq {}", record.seq)));
+    match stored.decode(seq) {
+        Ok(record) if record.seq == seq => Ok(ChainHead::after(&record)),
+        _ => {
+            tracing::error!(seq, "the last audit log line is not record {seq}: run `lanyard audit verify`");
+            Ok(ChainHead { seq, hash: crate::audit::GENESIS_HASH })
+        }
     }
-    Ok(ChainHead::after(&record))
 }
 
 /// The newest revocation seq, from `meta`; no stored event may be newer.
@@ -145,16 +159,30 @@ impl Inner {
         log: &mut LogState,
         batch: Batch,
         mut revocation: Revocation,
-        event: AuditEvent,
+        mut event: AuditEvent,
     ) -> Result<Revocation> {
         revocation.seq = log.revocation + 1;
+        // The record says which tasks the revocation ended, and its seq.
+        if let Some(detail) = event.detail.as_object_mut() {
+            detail.insert("revocation_seq".into(), revocation.seq.into());
+            if !revocation.tasks.is_empty() {
+                let ids = revocation.tasks.iter().map(|t| serde_json::Value::from(t.to_string())).collect();
+                detail.insert("ended_tasks".into(), serde_json::Value::Array(ids));
+            }
+        }
         self.commit_logged(log, batch, vec![event], Some(&revocation))?;
         Ok(revocation)
     }
 
     /// Applies `batch`, the audit records of `events` (consecutive seqs)
-    /// and `revocation` (seq `log.revocation + 1`) in one transaction, then
-    /// advances `log` and the applied heads.
+    /// and `revocation` (seq `log.revocation + 1`), then advances `log` and
+    /// the applied heads.
+    ///
+    /// Write-ahead: the records go to the log first, the last one carrying
+    /// the tree writes (`redo`), then the writes go to the trees. The sled
+    /// gate, held shared from the first to the second, keeps the flusher
+    /// from syncing the log before a record and flushing the trees after its
+    /// change, so the trees are never durable ahead of the log.
     fn commit_logged(
         &self,
         log: &mut LogState,
@@ -165,17 +193,44 @@ impl Inner {
         let mut next = *log;
         if let Some(revocation) = revocation {
             next.revocation = revocation.seq;
-            batch.put(TreeId::Revocations, be_key(revocation.seq), revocation)?;
+            batch.put(TreeId::Revocations, super::layout::be_key(revocation.seq), revocation)?;
             batch.put(TreeId::Meta, REVOCATION_SEQ_KEY, &revocation.seq)?;
         }
         let mut records = Vec::with_capacity(events.len());
         for event in events {
             let record = next.audit.next(event);
-            batch.put(TreeId::Audit, be_key(record.seq), &record)?;
             next.audit = ChainHead::after(&record);
             records.push(record);
         }
-        self.trees.apply(&batch)?;
+        let changes_state = !batch.is_empty();
+        if changes_state {
+            batch.put(TreeId::Meta, AUDIT_APPLIED_KEY, &next.audit.seq)?;
+        }
+        let redo = RedoOp::from_batch(&batch);
+        let _gate = changes_state.then(|| self.sled_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (i, record) in records.iter().enumerate() {
+            let ops: &[RedoOp] = if i + 1 == records.len() { &redo } else { &[] };
+            if let Err(e) = self.audit_file.append(record, ops) {
+                // A part-written line must never be followed by another.
+                self.commit.close();
+                return Err(e);
+            }
+        }
+        if changes_state {
+            if let Err(e) = self.trees.apply(&batch) {
+                // The record is in the log; the trees did not take the
+                // change. Recovery redoes it at the next open; until then
+                // this store must not answer.
+                self.commit.close();
+                return Err(e);
+            }
+            self.sled_dirty.store(true, Ordering::SeqCst);
+            if batch.touches(TreeId::Keys) {
+                // Keys are not in the log's redo (no private key in the
+                // audit log), so they are durable before their record.
+                self.trees.get(TreeId::Keys).flush()?;
+            }
+        }
         *log = next;
         self.durable.applied(log);
         Ok(records)
@@ -185,20 +240,43 @@ impl Inner {
         self.apply_audited(&mut lock(&self.chain), Batch::default(), event)
     }
 
+    pub(super) fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord> {
+        let mut log = lock(&self.chain);
+        for id in &pre.tasks {
+            match self.load_task(id)? {
+                Some(t) if t.ended_at.is_some() => return Err(StoreError::Revoked(format!("task {id} has ended"))),
+                Some(t) if t.expires_at <= pre.now => {
+                    return Err(StoreError::Revoked(format!("task {id} has expired")));
+                }
+                Some(_) => {}
+                None => return Err(StoreError::NotFound(format!("task {id}"))),
+            }
+        }
+        if let Some(session) = &pre.session
+            && self.is_session_revoked(session)?
+        {
+            return Err(StoreError::Revoked("the session is revoked".into()));
+        }
+        if let Some(risk) = self.open_risks(&pre.risks)?.into_iter().find(|r| pre.blocking_levels.contains(&r.level)) {
+            return Err(StoreError::Revoked(format!("open {} risk on {}", risk.level, risk.subject)));
+        }
+        self.apply_audited(&mut log, Batch::default(), event)
+    }
+
     pub(super) fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {
         self.commit_logged(&mut lock(&self.chain), Batch::default(), events, None)
     }
 
     pub(super) fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        self.trees
-            .get(TreeId::Audit)
-            .range(be_key(from)..)
-            .take(limit)
-            .map(|item| {
-                let (key, bytes) = item?;
-                decode(TreeId::Audit, &key, &bytes)
-            })
-            .collect()
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.audit_file.scan(from, self.audit_file.len(), |seq, stored| {
+            out.push(stored.decode(seq)?);
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
     }
 
     /// Records from `from` up to `upto` (the durable head) that pass `filter`.
@@ -213,16 +291,13 @@ impl Inner {
         if limit == 0 || from > upto {
             return Ok(out);
         }
-        for item in self.trees.get(TreeId::Audit).range(be_key(from)..=be_key(upto)) {
-            let (key, bytes) = item?;
-            let record: AuditRecord = decode(TreeId::Audit, &key, &bytes)?;
+        self.audit_file.scan(from, upto, |seq, stored| {
+            let record = stored.decode(seq)?;
             if filter.matches(&record.event) {
                 out.push(record);
-                if out.len() >= limit {
-                    break;
-                }
             }
-        }
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 
@@ -231,10 +306,10 @@ impl Inner {
         // the head read first is the least the walk must reach.
         let expected = lock(&self.chain).audit.seq;
         let mut walker = ChainWalker::new();
-        for item in self.trees.get(TreeId::Audit).iter() {
-            let (key, bytes) = item?;
-            walker.check(be_num(TreeId::Audit, &key)?, &bytes)?;
-        }
+        self.audit_file.scan(1, self.audit_file.len(), |seq, stored| {
+            walker.check(seq, stored.record)?;
+            Ok(true)
+        })?;
         walker.finish(expected)
     }
 }

@@ -3,6 +3,7 @@
 mod audit_log;
 mod revocations;
 mod tasks;
+mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -360,15 +361,24 @@ async fn audit_batches_are_consecutive_and_atomic() {
     assert_eq!((report.records, report.head), (4, batch[2].hash));
 }
 
-/// Rewrites audit record `seq` through raw sled, with the store closed.
-fn tamper(dir: &std::path::Path, seq: u64, edit: impl FnOnce(&mut serde_json::Value)) {
-    let db = open_db(dir).unwrap();
-    let audit = db.open_tree("audit").unwrap();
-    let key = seq.to_be_bytes();
-    let mut record: serde_json::Value = serde_json::from_slice(&audit.get(key).unwrap().unwrap()).unwrap();
-    edit(&mut record);
-    audit.insert(key, serde_json::to_vec(&record).unwrap()).unwrap();
-    db.flush().unwrap();
+/// The lines of the closed store's audit log.
+pub(super) fn audit_lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("audit.log")).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Replaces the closed store's audit log.
+pub(super) fn write_audit_lines(dir: &std::path::Path, lines: &[String]) {
+    std::fs::write(dir.join("audit.log"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+}
+
+/// Rewrites audit record `seq` in the log of the closed store in `dir`.
+pub(super) fn tamper(dir: &std::path::Path, seq: u64, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut lines = audit_lines(dir);
+    let i = usize::try_from(seq - 1).unwrap();
+    let mut line: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+    edit(&mut line["record"]);
+    lines[i] = line.to_string();
+    write_audit_lines(dir, &lines);
 }
 
 #[tokio::test]
