@@ -27,6 +27,8 @@
 mod admin;
 mod admin_socket;
 pub mod audit;
+#[doc(hidden)]
+pub mod bench;
 mod bundle_endpoint;
 mod config;
 mod convert;

@@ -60,7 +60,7 @@ impl From<lanyard_ca::CaError> for StartError {
 
 /// A server with its store open and its sockets bound, ready to serve.
 pub struct Server {
-    state: Arc<State>,
+    pub(crate) state: Arc<State>,
     node_listener: TcpListener,
     admin_listener: UnixListener,
     bundle_listener: Option<TcpListener>,
