@@ -18,14 +18,12 @@ use lanyard_proto::node::{
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::workload::{NO_IDENTITY, WorkloadApi};
+use crate::workload::{Caller, NO_IDENTITY, WorkloadApi};
 
 impl WorkloadApi {
     /// Attests the caller: its identities (with SVIDs) and a client to the server.
     async fn forwarding<T>(&self, req: &Request<T>) -> Result<(Vec<CallerIdentity>, NodeClient<Channel>), Status> {
-        let snap = self.synced()?;
-        let selectors = self.attest(req, &snap).await?;
-        let entries = Self::entitled(&snap, &selectors)?;
+        let Caller { snap, entries, .. } = self.caller(req).await?;
         let caller: Vec<CallerIdentity> = entries
             .iter()
             .filter_map(|e| {

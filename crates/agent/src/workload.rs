@@ -55,7 +55,7 @@ pub(crate) fn require_header(req: Request<()>) -> Result<Request<()>, Status> {
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
-    pub(crate) fn synced(&self) -> Result<Arc<Snapshot>, Status> {
+    fn synced(&self) -> Result<Arc<Snapshot>, Status> {
         let snap = Arc::clone(&self.snapshots.borrow());
         if !snap.synced {
             return Err(Status::unavailable("agent has not synced with the server yet"));
@@ -64,7 +64,7 @@ impl WorkloadApi {
     }
 
     /// Attests the caller; its selectors.
-    pub(crate) async fn attest<T>(&self, req: &Request<T>, snap: &Snapshot) -> Result<Vec<Selector>, Status> {
+    async fn attest<T>(&self, req: &Request<T>, snap: &Snapshot) -> Result<Vec<Selector>, Status> {
         let peer = req.extensions().get::<Option<PeerInfo>>().copied().flatten();
         if let Some(p) = peer {
             tracing::Span::current().record("pid", p.pid).record("uid", p.uid);
@@ -86,7 +86,7 @@ impl WorkloadApi {
     }
 
     /// The caller's entries; PermissionDenied when there are none.
-    pub(crate) fn entitled(snap: &Snapshot, selectors: &[Selector]) -> Result<Vec<Arc<Entry>>, Status> {
+    fn entitled(snap: &Snapshot, selectors: &[Selector]) -> Result<Vec<Arc<Entry>>, Status> {
         let entries: Vec<_> = snap.matching(selectors, unix_secs(SystemTime::now())).into_iter().cloned().collect();
         if entries.is_empty() {
             return Err(Status::permission_denied(NO_IDENTITY));
@@ -94,9 +94,37 @@ impl WorkloadApi {
         Ok(entries)
     }
 
+    /// The caller, attested: the snapshot it was checked against, its
+    /// selectors and the entries it is entitled to (never empty).
+    pub(crate) async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let snap = self.synced()?;
+        let selectors = self.attest(req, &snap).await?;
+        let entries = Self::entitled(&snap, &selectors)?;
+        Ok(Caller { snap, selectors, entries })
+    }
+
+    /// A stream of the trust bundle as `make` renders it, for an entitled caller.
+    fn bundle_stream<T, F>(&self, make: F) -> Streamed<T>
+    where
+        T: Send + 'static,
+        F: Fn(&lanyard_ca::TrustBundle) -> Option<T> + Send + 'static,
+    {
+        stream_updates(self.snapshots.clone(), move |s| {
+            let b = s.bundle.as_ref()?;
+            Some((make(b)?, vec![b.sequence.to_string()]))
+        })
+    }
+
     fn bundle_key(&self) -> String {
         self.td.id().to_string()
     }
+}
+
+/// An attested caller.
+pub(crate) struct Caller {
+    pub(crate) snap: Arc<Snapshot>,
+    pub(crate) selectors: Vec<Selector>,
+    pub(crate) entries: Vec<Arc<Entry>>,
 }
 
 /// The X.509 answer for a caller with `selectors`, and a fingerprint of it
@@ -170,9 +198,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let snap = self.synced()?;
-        let selectors = self.attest(&req, &snap).await?;
-        Self::entitled(&snap, &selectors)?;
+        let Caller { snap, selectors, .. } = self.caller(&req).await?;
         // An entry that was just created may still be minting: wait for it.
         let mut snapshots = self.snapshots.clone();
         if x509_response(&snap, &selectors).is_none() {
@@ -190,14 +216,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let snap = self.synced()?;
-        let selectors = self.attest(&req, &snap).await?;
-        Self::entitled(&snap, &selectors)?;
+        self.caller(&req).await?;
         let key = self.bundle_key();
-        Ok(Response::new(stream_updates(self.snapshots.clone(), move |s| {
-            let b = s.bundle.as_ref()?;
+        Ok(Response::new(self.bundle_stream(move |b| {
             let bundles = HashMap::from([(key.clone(), b.x509_der_concat())]);
-            Some((X509BundlesResponse { crl: Vec::new(), bundles }, vec![b.sequence.to_string()]))
+            Some(X509BundlesResponse { crl: Vec::new(), bundles })
         })))
     }
 
@@ -216,9 +239,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             "" => None,
             s => Some(SpiffeId::parse(s).map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?),
         };
-        let snap = self.synced()?;
-        let selectors = self.attest(&req, &snap).await?;
-        let mut entries = Self::entitled(&snap, &selectors)?;
+        let Caller { mut entries, .. } = self.caller(&req).await?;
         if let Some(id) = &wanted {
             entries.retain(|e| &e.spiffe_id == id);
             if entries.is_empty() {
@@ -239,15 +260,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let snap = self.synced()?;
-        let selectors = self.attest(&req, &snap).await?;
-        Self::entitled(&snap, &selectors)?;
+        self.caller(&req).await?;
         let key = self.bundle_key();
-        Ok(Response::new(stream_updates(self.snapshots.clone(), move |s| {
-            let b = s.bundle.as_ref()?;
+        Ok(Response::new(self.bundle_stream(move |b| {
             let jwks = serde_json::to_vec(&b.jwt_jwks()).ok()?;
-            let bundles = HashMap::from([(key.clone(), jwks)]);
-            Some((JwtBundlesResponse { bundles }, vec![b.sequence.to_string()]))
+            Some(JwtBundlesResponse { bundles: HashMap::from([(key.clone(), jwks)]) })
         })))
     }
 
@@ -261,9 +278,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if req.get_ref().svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        let snap = self.synced()?;
-        let selectors = self.attest(&req, &snap).await?;
-        Self::entitled(&snap, &selectors)?;
+        let Caller { snap, .. } = self.caller(&req).await?;
         let bundle = snap.bundle.as_ref().ok_or_else(|| Status::unavailable("no trust bundle yet"))?;
         let (sub, claims) = jwt::validate_jwt_svid(
             &req.get_ref().svid,
