@@ -21,6 +21,10 @@ use ring::digest::{Context, SHA256};
 pub const USER_HZ: u64 = 100;
 /// Most executables whose digests are remembered.
 pub const DIGEST_CACHE_SIZE: usize = 1024;
+/// How long a full attestation of one process is reused (see [`attest`]).
+pub const REATTEST_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most processes whose recent attestation is remembered.
+pub const RECENT_CACHE_SIZE: usize = 4096;
 
 /// The peer of a Workload API connection, from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +71,20 @@ pub struct AttestCache {
     digests: Mutex<HashMap<FileKey, [u8; 32]>>,
     passwd: NameDb,
     group: NameDb,
+    recent: Mutex<HashMap<ProcessKey, Recent>>,
+}
+
+/// A process as the kernel identifies it over time: pid and start time (a
+/// reused pid has a later one), with the connection's uid and gid.
+type ProcessKey = (i32, u64, u32, u32);
+
+/// A full attestation, reused for [`REATTEST_AFTER`] while the process still
+/// runs the same executable.
+struct Recent {
+    at: std::time::Instant,
+    exe: Option<std::path::PathBuf>,
+    with_digest: bool,
+    selectors: Vec<Selector>,
 }
 
 /// A copy of `/etc/passwd` or `/etc/group`, with the mtime it was read at.
@@ -95,6 +113,15 @@ impl NameDb {
 
 /// Attests the connection's peer: the selectors that describe it. The
 /// executable is hashed only when `need_digest` (some entry asks for it).
+///
+/// A full attestation reads the process's start time, credentials,
+/// executable and start time again (a dozen syscalls). Within
+/// [`REATTEST_AFTER`] of one, a call from the same process — same pid and
+/// start time, same connection credentials, same executable — reuses it,
+/// checking only the start time and the executable (four syscalls). A
+/// process that replaced its binary (exec) is attested afresh at once; one
+/// that changed credentials without exec is caught within a second, as it
+/// would be at its next connection.
 pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) -> Result<Vec<Selector>, AttestError> {
     let peer = peer.ok_or(AttestError::NoCredentials)?;
     let pid = peer.pid;
@@ -103,6 +130,37 @@ pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) ->
     if start > peer.accepted_at_ticks + 1 {
         return Err(AttestError::PidReused(pid));
     }
+    // The executable is readable only with the process's uid or privilege;
+    // without it the caller simply has no path or digest selectors.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let key = (pid, start, peer.uid, peer.gid);
+    if let Ok(recent) = cache.recent.lock()
+        && let Some(hit) = recent.get(&key)
+        && hit.at.elapsed() < REATTEST_AFTER
+        && hit.exe == exe
+        && (hit.with_digest || !need_digest)
+    {
+        return Ok(hit.selectors.clone());
+    }
+    let selectors = attest_fully(&peer, start, exe.as_deref(), need_digest, cache)?;
+    if let Ok(mut recent) = cache.recent.lock() {
+        if recent.len() >= RECENT_CACHE_SIZE {
+            recent.clear();
+        }
+        let entry = Recent { at: std::time::Instant::now(), exe, with_digest: need_digest, selectors: selectors.clone() };
+        recent.insert(key, entry);
+    }
+    Ok(selectors)
+}
+
+fn attest_fully(
+    peer: &PeerInfo,
+    start: u64,
+    exe: Option<&std::path::Path>,
+    need_digest: bool,
+    cache: &AttestCache,
+) -> Result<Vec<Selector>, AttestError> {
+    let pid = peer.pid;
     let status = read_proc(pid, "status")?;
     let (euid, egid) = parse_status_ids(&status).ok_or_else(|| AttestError::Proc(pid, "status: no Uid/Gid".into()))?;
     if euid != peer.uid || egid != peer.gid {
@@ -115,9 +173,7 @@ pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) ->
     if let Some(name) = cache.group.name_of("/etc/group", peer.gid) {
         selectors.extend(Selector::parse(&format!("unix:group:{name}")).ok());
     }
-    // The executable is readable only with the process's uid or privilege;
-    // without it the caller simply has no path or digest selectors.
-    if let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+    if let Some(path) = exe {
         if let Some(path) = path.to_str() {
             selectors.extend(Selector::parse(&format!("unix:path:{path}")).ok());
         }
@@ -266,6 +322,31 @@ mod tests {
         // The connection "was accepted" before this process started.
         let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: 0 };
         assert!(matches!(attest(Some(peer), false, &AttestCache::default()), Err(AttestError::PidReused(_))));
+    }
+
+    #[test]
+    fn reuses_a_recent_attestation_only_for_the_same_process() {
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (uid, gid) = parse_status_ids(&status).unwrap();
+        let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: boot_ticks().unwrap() };
+        let cache = AttestCache::default();
+        let first = attest(Some(peer), false, &cache).unwrap();
+        assert_eq!(cache.recent.lock().unwrap().len(), 1);
+        assert_eq!(attest(Some(peer), false, &cache).unwrap(), first);
+        // Asking for a digest the cached attestation did not take attests again.
+        let with_digest = attest(Some(peer), true, &cache).unwrap();
+        assert!(with_digest.iter().any(|s| matches!(s, Selector::Sha256(_))));
+        // An entry for another executable is not reused.
+        let key = *cache.recent.lock().unwrap().keys().next().unwrap();
+        cache.recent.lock().unwrap().get_mut(&key).unwrap().exe = Some("/usr/bin/other".into());
+        let again = attest(Some(peer), true, &cache).unwrap();
+        assert_eq!(again, with_digest);
+        assert_ne!(cache.recent.lock().unwrap()[&key].exe.as_deref(), Some(std::path::Path::new("/usr/bin/other")));
+        // A stale one is not reused either.
+        cache.recent.lock().unwrap().get_mut(&key).unwrap().at -= REATTEST_AFTER;
+        cache.recent.lock().unwrap().get_mut(&key).unwrap().selectors.clear();
+        assert_eq!(attest(Some(peer), true, &cache).unwrap(), with_digest);
     }
 
     #[test]
