@@ -147,7 +147,8 @@ pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) ->
         if recent.len() >= RECENT_CACHE_SIZE {
             recent.clear();
         }
-        let entry = Recent { at: std::time::Instant::now(), exe, with_digest: need_digest, selectors: selectors.clone() };
+        let entry =
+            Recent { at: std::time::Instant::now(), exe, with_digest: need_digest, selectors: selectors.clone() };
         recent.insert(key, entry);
     }
     Ok(selectors)

@@ -66,6 +66,21 @@ struct X509Jwk {
     x5c: [String; 1],
 }
 
+/// The JWK member naming a key's [`JwtKeyPurpose`]; SPIFFE and JOSE
+/// libraries ignore members they do not know.
+pub const PURPOSE_MEMBER: &str = "lanyard_purpose";
+
+impl JwtAuthorityKey {
+    /// The key as a JWK with `use` as given and its purpose.
+    pub fn jwk_with_purpose(&self, use_: &str) -> Result<serde_json::Value, serde_json::Error> {
+        let mut jwk = serde_json::to_value(self.key.to_jwk(Some(use_)))?;
+        if let Some(members) = jwk.as_object_mut() {
+            members.insert(PURPOSE_MEMBER.into(), self.purpose.as_str().into());
+        }
+        Ok(jwk)
+    }
+}
+
 impl TrustBundle {
     /// The CA certificates as concatenated PEM blocks.
     pub fn x509_pem(&self) -> String {
@@ -105,7 +120,7 @@ impl TrustBundle {
             }
         }
         for k in &self.jwt_authorities {
-            keys.push(serde_json::to_value(k.key.to_jwk(Some("jwt-svid")))?);
+            keys.push(k.jwk_with_purpose("jwt-svid")?);
         }
         let doc = serde_json::json!({
             "keys": keys,

@@ -4,7 +4,9 @@
 //! - `GET /bundle`: the SPIFFE bundle (JWKS with `x509-svid` and `jwt-svid` keys);
 //! - `GET /.well-known/openid-configuration` and `GET /keys`: OIDC discovery, so
 //!   ordinary JWT libraries verify JWT-SVIDs from the issuer URL alone;
-//! - `GET /healthz`, `GET /readyz`.
+//! - `GET /v1/revocations?after=SEQ&wait=SECONDS` and `/v1/revocations/snapshot`:
+//!   the revocation feed ([`crate::feed`]);
+//! - `GET /metrics` (Prometheus text), `GET /healthz`, `GET /readyz`.
 //!
 //! Responses carry an `ETag` (the bundle sequence) and `Cache-Control`, so
 //! pollers revalidate cheaply.
@@ -26,6 +28,9 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/bundle", get(bundle))
         .route("/keys", get(keys))
         .route("/.well-known/openid-configuration", get(discovery))
+        .route("/v1/revocations", get(revocations))
+        .route("/v1/revocations/snapshot", get(snapshot))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(state)
@@ -58,8 +63,9 @@ async fn bundle(AxumState(state): AxumState<Arc<State>>, request: HeaderMap) -> 
 }
 
 async fn keys(AxumState(state): AxumState<Arc<State>>, request: HeaderMap) -> Response {
-    let keys: Vec<_> = state.keys().bundle.jwt_authorities.iter().map(|k| k.key.to_jwk(Some("sig"))).collect();
-    match serde_json::to_string(&json!({ "keys": keys })) {
+    let keys: Result<Vec<_>, _> =
+        state.keys().bundle.jwt_authorities.iter().map(|k| k.jwk_with_purpose("sig")).collect();
+    match keys.and_then(|keys| serde_json::to_string(&json!({ "keys": keys }))) {
         Ok(body) => cached_json(&state, &request, body),
         Err(e) => internal(&e),
     }
@@ -78,6 +84,64 @@ async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Response {
         "subject_types_supported": ["public"],
     });
     ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
+}
+
+/// `after` and `wait` of a feed request.
+#[derive(serde::Deserialize)]
+struct FeedQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn revocations(
+    AxumState(state): AxumState<Arc<State>>,
+    query: Result<axum::extract::Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return (StatusCode::BAD_REQUEST, "after and wait must be whole numbers\n").into_response();
+    };
+    let wait = std::time::Duration::from_secs(query.wait);
+    if wait > crate::feed::MAX_WAIT {
+        return (StatusCode::BAD_REQUEST, "wait must be at most 60 seconds\n").into_response();
+    }
+    match state.feed(query.after, wait).await {
+        Ok(page) => json_response(&page),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn snapshot(AxumState(state): AxumState<Arc<State>>) -> Response {
+    match state.snapshot().await {
+        Ok(jws) => json_response(&json!({ "snapshot": jws })),
+        Err(e) => internal(&e),
+    }
+}
+
+fn json_response(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => {
+            ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+/// Prometheus text: where the server's sequences stand.
+async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
+    let keys = state.keys();
+    let gauges = [
+        ("lanyard_bundle_sequence", "Sequence number of the trust bundle.", keys.bundle.sequence),
+        ("lanyard_entry_revision", "Newest durable registration-entry revision.", state.store.revision()),
+        ("lanyard_revocation_sequence", "Newest durable revocation event.", state.store.revocation_seq()),
+        ("lanyard_audit_head", "Newest durable audit record.", state.store.audit_head()),
+    ];
+    let mut body = String::new();
+    for (name, help, value) in gauges {
+        body.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn ready(AxumState(state): AxumState<Arc<State>>) -> Response {

@@ -32,6 +32,7 @@ pub mod bench;
 mod bundle_endpoint;
 mod config;
 mod convert;
+pub mod feed;
 mod keys;
 mod limits;
 mod node;

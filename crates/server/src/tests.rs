@@ -353,3 +353,93 @@ async fn undecodable_and_oversized_requests_are_invalid_argument() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     server.stop().await;
 }
+
+/// The payload of a compact JWS, decoded (signature not checked here).
+fn jws_claims(jws: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jws.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn revocation_feed_serves_signed_events_long_polls_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    let bundle = admin.get_bundle(GetBundleRequest {}).await.unwrap().into_inner();
+    let jwt_key = bundle.jwt_authorities.iter().find(|k| k.purpose == "jwt-svid").unwrap();
+    let key = lanyard_jose::VerifyingKey::from_spki_der(&jwt_key.public_key).unwrap().with_kid(jwt_key.kid.clone());
+
+    // Empty feed: no events, a signed heartbeat with head 0.
+    let (head, body) = http_get(addr, "/v1/revocations?after=0", "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["events"], serde_json::json!([]));
+    let beat = lanyard_jose::verify(page["heartbeat"].as_str().unwrap(), Some(&["lanyard-feed+jwt"]), |kid| {
+        (kid == key.kid()).then_some(&key)
+    })
+    .unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&beat.claims).unwrap()["head"], 0);
+
+    // A long-poll returns as soon as an event exists.
+    let poll = tokio::spawn(http_get(addr, "/v1/revocations?after=0&wait=30", ""));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    admin.revoke_session(lanyard_proto::admin::RevokeSessionRequest { session: "s1".into() }).await.unwrap();
+    let (_, body) = poll.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "the long-poll waited for its timeout");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["next"], 1);
+    let set = page["events"][0].as_str().unwrap();
+    let verified =
+        lanyard_jose::verify(set, Some(&["secevent+jwt"]), |kid| (kid == key.kid()).then_some(&key)).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&verified.claims).unwrap();
+    assert_eq!(claims["seq"], 1);
+    assert_eq!(claims["events"]["urn:lanyard:revocation:session_revoked"]["subject"], "s1");
+    // A SET is not a JWT-SVID: its typ is refused where one is expected.
+    assert!(lanyard_jose::verify(set, Some(&["JWT", "JOSE"]), |kid| (kid == key.kid()).then_some(&key)).is_err());
+
+    // A risk event says whether it blocks.
+    let risk = lanyard_proto::admin::ReportRiskRequest {
+        subject: Some(lanyard_proto::admin::RiskSubject { user_sub: "alice".into(), ..Default::default() }),
+        level: "low".into(),
+        reason: "private reason".into(),
+    };
+    admin.report_risk(risk).await.unwrap();
+    let (_, body) = http_get(addr, "/v1/revocations?after=1", "").await;
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let claims = jws_claims(page["events"][0].as_str().unwrap());
+    let event = &claims["events"]["urn:lanyard:revocation:risk_raised"];
+    assert_eq!((event["subject"].as_str(), event["blocking"].as_bool()), (Some("user:alice"), Some(true)));
+    assert!(!body.contains("private reason"), "the feed is public: no reasons");
+
+    // Resuming from any position; the snapshot folds everything.
+    let (_, body) = http_get(addr, "/v1/revocations?after=0", "").await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["events"].as_array().unwrap().len(), 2);
+    let (_, body) = http_get(addr, "/v1/revocations/snapshot", "").await;
+    let snapshot = jws_claims(serde_json::from_str::<serde_json::Value>(&body).unwrap()["snapshot"].as_str().unwrap());
+    assert_eq!(snapshot["as_of"], 2);
+    assert_eq!(snapshot["revoked_sessions"], serde_json::json!(["s1"]));
+    assert_eq!(snapshot["risks"][0]["subject"], "user:alice");
+
+    // Bad input.
+    for bad in ["/v1/revocations?after=x", "/v1/revocations?wait=61", "/v1/revocations?after=-1"] {
+        assert!(http_get(addr, bad, "").await.0.starts_with("HTTP/1.1 400"), "{bad}");
+    }
+    let (_, metrics) = http_get(addr, "/metrics", "").await;
+    assert!(metrics.contains("lanyard_revocation_sequence 2"), "{metrics}");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
