@@ -443,3 +443,70 @@ async fn revocation_feed_serves_signed_events_long_polls_and_snapshots() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_thousand_idle_long_polls_are_held_and_all_see_the_next_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let polls: Vec<_> =
+        (0..1000).map(|_| tokio::spawn(http_get(addr, "/v1/revocations?after=0&wait=30", ""))).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The endpoint still answers while they wait.
+    let started = std::time::Instant::now();
+    assert!(http_get(addr, "/healthz", "").await.0.starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let mut admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    admin.revoke_session(lanyard_proto::admin::RevokeSessionRequest { session: "s1".into() }).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for poll in polls {
+        let (head, body) = tokio::time::timeout_at(deadline.into(), poll).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.contains("\"next\":1"), "{body}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_bundle_endpoint_refuses_oversized_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let huge = "a".repeat(1024 * 1024);
+    let request = format!("GET /bundle HTTP/1.1\r\nHost: lanyard\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n");
+    // The server may close before reading it all; either way no 200.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    assert!(!response.starts_with("HTTP/1.1 200"), "{}", &response[..response.len().min(200)]);
+    // And it goes on serving others.
+    let (head, _) = http_get(addr, "/bundle", "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "the endpoint still serves");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
