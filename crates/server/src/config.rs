@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub bundle_listen: Option<SocketAddr>,
     /// The URL relying parties reach the bundle endpoint at; JWT `iss`.
     pub public_url: Option<String>,
+    /// PEM certificate chain and key: serve the bundle endpoint over HTTPS.
+    pub bundle_tls: Option<(PathBuf, PathBuf)>,
     /// Lifetime of a newly generated CA certificate.
     pub ca_ttl: Duration,
     /// Lifetime of a newly generated JWT signing key.
@@ -51,6 +53,7 @@ impl ServerConfig {
             listen,
             bundle_listen: None,
             public_url: None,
+            bundle_tls: None,
             ca_ttl: Duration::from_secs(365 * 86_400),
             jwt_key_ttl: Duration::from_secs(365 * 86_400),
             agent_svid_ttl: Ttl::ONE_HOUR,

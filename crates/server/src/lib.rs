@@ -33,6 +33,7 @@ mod bundle_endpoint;
 mod config;
 mod convert;
 pub mod feed;
+mod https;
 mod keys;
 mod limits;
 mod node;

@@ -64,6 +64,7 @@ pub struct Server {
     node_listener: TcpListener,
     admin_listener: UnixListener,
     bundle_listener: Option<TcpListener>,
+    bundle_tls: Option<Arc<rustls::ServerConfig>>,
     server_cert: Arc<ServerCert>,
     server_cert_not_after: std::time::SystemTime,
 }
@@ -91,9 +92,14 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?),
             None => None,
         };
+        let bundle_tls = match &config.bundle_tls {
+            Some((cert, key)) => Some(crate::https::load_tls(cert, key)?),
+            None => None,
+        };
         if let (Some(listener), None) = (&bundle_listener, &config.public_url) {
             let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
-            config.public_url = Some(format!("http://{addr}"));
+            let scheme = if bundle_tls.is_some() { "https" } else { "http" };
+            config.public_url = Some(format!("{scheme}://{addr}"));
         }
         let admin_listener = admin_socket::bind_private(&config.admin_socket)?;
         let policy = crate::policy::load(config.policy_dir.as_deref())
@@ -117,6 +123,7 @@ impl Server {
             node_listener,
             admin_listener,
             bundle_listener,
+            bundle_tls,
             server_cert: Arc::new(server_cert),
             server_cert_not_after,
         })
@@ -167,10 +174,21 @@ impl Server {
                 .serve_with_incoming_shutdown(UnixListenerStream::new(self.admin_listener), stopped(stop_rx.clone())),
         );
 
-        let bundle_task = self.bundle_listener.map(|listener| {
-            let app = crate::bundle_endpoint::router(Arc::clone(&self.state));
-            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future())
-        });
+        let bundle_task = match (self.bundle_listener, self.bundle_tls) {
+            (Some(listener), None) => {
+                let app = crate::bundle_endpoint::router(Arc::clone(&self.state));
+                let serving = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+                Some(tokio::spawn(serving.into_future()))
+            }
+            (Some(listener), Some(tls)) => {
+                let listener = crate::https::TlsListener::new(listener, tls)
+                    .map_err(|e| StartError::Serve(format!("bundle endpoint: {e}")))?;
+                let app = crate::bundle_endpoint::router(Arc::clone(&self.state));
+                let serving = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+                Some(tokio::spawn(serving.into_future()))
+            }
+            (None, _) => None,
+        };
 
         let checkpoint_task =
             tokio::spawn(crate::audit::checkpoint_loop(Arc::clone(&self.state), self.state.config.checkpoint_every));

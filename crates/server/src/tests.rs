@@ -510,3 +510,68 @@ async fn the_bundle_endpoint_refuses_oversized_requests() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_bundle_endpoint_serves_https_when_given_a_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.bundle_tls = Some((dir.path().join("cert.pem"), dir.path().join("key.pem")));
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /.well-known/openid-configuration HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(&format!("\"issuer\":\"https://{addr}\"")), "{response}");
+    // Plain HTTP to the HTTPS port gets nothing useful.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = plain.write_all(b"GET /bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+
+    // A key that does not parse is refused at start, naming the file.
+    std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
+    let mut bad = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data2"),
+        dir.path().join("admin2.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    bad.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    bad.bundle_tls = Some((dir.path().join("cert.pem"), dir.path().join("bad.pem")));
+    let Err(e) = Server::bind(bad).await else { panic!("started with a bad key") };
+    assert!(e.to_string().contains("bad.pem"), "{e}");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
