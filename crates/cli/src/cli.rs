@@ -263,6 +263,42 @@ pub(crate) enum TokenCommand {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// Check a token as a relying service would: exit 0 and its claims as
+    /// JSON, or exit 1 and one line saying which check failed.
+    Verify(TokenVerifyArgs),
+}
+
+/// `lanyard token verify`.
+#[derive(Args, Debug)]
+pub(crate) struct TokenVerifyArgs {
+    /// The issuer's bundle endpoint (`http(s)://host:port`, or its `/bundle`
+    /// URL): bundle and revocation feed are read from it.
+    #[arg(long, value_name = "URL", required_unless_present = "bundle", conflicts_with = "bundle")]
+    pub(crate) bundle_url: Option<String>,
+    /// A SPIFFE bundle file (JSON) instead; revocations are then not checked.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// This service's audience: `aud` must be exactly this.
+    #[arg(long)]
+    pub(crate) audience: String,
+    /// The tool about to be invoked: the token must grant it.
+    #[arg(long)]
+    pub(crate) tool: Option<String>,
+    /// The action about to be performed: the token must allow it.
+    #[arg(long)]
+    pub(crate) action: Option<String>,
+    /// The expected `iss` (default: the issuer named by the endpoint's OIDC
+    /// discovery document, when it has one).
+    #[arg(long)]
+    pub(crate) issuer: Option<String>,
+    /// CA certificate(s), PEM, trusted for an https bundle URL.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+    /// The token is a plain JWT-SVID, not a task token.
+    #[arg(long)]
+    pub(crate) jwt_svid: bool,
+    /// The token; `-` reads it from standard input.
+    pub(crate) token: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,6 +452,13 @@ pub(crate) struct ServerRun {
     /// The URL relying parties reach the bundle endpoint at (JWT `iss`).
     #[arg(long)]
     pub(crate) public_url: Option<String>,
+    /// Serve the bundle endpoint over HTTPS with this certificate chain (PEM;
+    /// SPIFFE federation `https_web`).
+    #[arg(long, value_name = "FILE", requires = "bundle_tls_key")]
+    pub(crate) bundle_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --bundle-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "bundle_tls_cert")]
+    pub(crate) bundle_tls_key: Option<PathBuf>,
     /// Lifetime of agent SVIDs.
     #[arg(long, default_value = "1h")]
     pub(crate) agent_ttl: Ttl,

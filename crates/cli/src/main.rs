@@ -13,6 +13,7 @@ mod demo;
 mod output;
 mod run;
 mod tasks;
+mod verify;
 mod workload;
 
 use clap::Parser;
@@ -71,7 +72,8 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::TaskToken(cmd) => tasks::task_token(cmd).await,
         Command::Session(cmd) => tasks::session(cmd).await,
         Command::Risk(cmd) => tasks::risk(cmd).await,
-        Command::Token(cmd) => tasks::token(cmd).await,
+        Command::Token(cli::TokenCommand::Verify(args)) => return verify::run(args).await.map(Outcome::from),
+        Command::Token(cli::TokenCommand::Revoke { jti, admin }) => tasks::revoke_token(jti, admin).await,
         Command::Server(cli::ServerCommand::Run(args)) => run::server(args).await,
         Command::Agent(cli::AgentCommand::Run(args)) => run::agent(args).await,
         Command::Agent(cli::AgentCommand::List { admin, output }) => admin::agent_list(admin, output).await,

@@ -38,6 +38,7 @@ pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.trust_domain, args.data_dir, args.admin.admin_socket, args.listen);
     config.bundle_listen = args.bundle_listen;
     config.public_url = args.public_url;
+    config.bundle_tls = args.bundle_tls_cert.zip(args.bundle_tls_key);
     config.agent_svid_ttl = args.agent_ttl;
     config.policy_dir = args.policy;
     config.checkpoint_every = args.checkpoint_every;

@@ -11,8 +11,8 @@ use lanyard_proto::common::TaskSpec;
 use serde_json::json;
 
 use crate::cli::{
-    EitherSocket, Output, PolicyCommand, RiskCommand, RiskSubjectArgs, SessionCommand, TaskBegin, TaskCommand,
-    TaskTokenCommand, TokenCommand,
+    AdminSocket, EitherSocket, Output, PolicyCommand, RiskCommand, RiskSubjectArgs, SessionCommand, TaskBegin,
+    TaskCommand, TaskTokenCommand,
 };
 use crate::clients::{self, StatusExt, workload_request};
 
@@ -260,8 +260,8 @@ pub(crate) async fn risk(cmd: RiskCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Revoke { jti, admin } = cmd;
+/// `lanyard token revoke JTI`.
+pub(crate) async fn revoke_token(jti: String, admin: AdminSocket) -> anyhow::Result<()> {
     let mut client = clients::admin(&admin.admin_socket).await?;
     let r = client.revoke_token(RevokeTokenRequest { jti: jti.clone() }).await.or_status("revoke token")?;
     print_revocation(&format!("revoked token {jti}"), &r);
