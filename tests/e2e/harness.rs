@@ -188,6 +188,8 @@ pub(crate) struct TestServer {
     port: u16,
     /// Arguments added to `server run` (on every start).
     extra: Vec<String>,
+    /// The bundle endpoint's port, when it has one.
+    bundle_port: Option<u16>,
     child: Option<Child>,
     /// Whether a panic message already carried the log tail.
     logged: Cell<bool>,
@@ -201,9 +203,19 @@ impl TestServer {
 
     /// [`TestServer::start`] with more `server run` arguments (`--policy DIR`, …).
     pub(crate) fn start_with(extra: &[&str]) -> Self {
+        Self::start_opts(extra, false)
+    }
+
+    /// [`TestServer::start_with`] and a bundle endpoint on its own port ([`TestServer::bundle_url`]).
+    pub(crate) fn start_with_bundle(extra: &[&str]) -> Self {
+        Self::start_opts(extra, true)
+    }
+
+    fn start_opts(extra: &[&str], bundle: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("lanyard-e2e-").tempdir().unwrap();
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut server = Self { dir, port: free_port(), extra, child: None, logged: Cell::new(false) };
+        let bundle_port = bundle.then(free_port);
+        let mut server = Self { dir, port: free_port(), extra, bundle_port, child: None, logged: Cell::new(false) };
         // The port was free when we looked; a parallel test may take it
         // before the server binds. Then try another.
         for _ in 0..3 {
@@ -213,6 +225,7 @@ impl TestServer {
                 Err(e) if e.contains("cannot listen on") => {
                     server.child = None;
                     server.port = free_port();
+                    server.bundle_port = server.bundle_port.map(|_| free_port());
                 }
                 Err(e) => server.fail(&e),
             }
@@ -233,6 +246,9 @@ impl TestServer {
             "--listen",
             Box::leak(self.addr().into_boxed_str()),
         ];
+        if let Some(port) = self.bundle_port {
+            args.extend(["--bundle-listen", Box::leak(format!("127.0.0.1:{port}").into_boxed_str())]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         args
     }
@@ -278,6 +294,12 @@ impl TestServer {
     /// The node API address, `127.0.0.1:PORT`.
     pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The bundle endpoint's URL, `http://127.0.0.1:PORT` (also the issuer
+    /// unless `--public-url` says otherwise).
+    pub(crate) fn bundle_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.bundle_port.expect("started without a bundle endpoint"))
     }
 
     /// The server's log (stdout and stderr, across restarts).
@@ -755,7 +777,15 @@ pub(crate) struct TaskRig {
 impl TaskRig {
     /// `server_args` go to `server run`, `connector_args` to the connector's `entry create`.
     pub(crate) fn start(server_args: &[&str], connector_args: &[&str]) -> Self {
-        let server = TestServer::start_with(server_args);
+        Self::on(TestServer::start_with(server_args), connector_args)
+    }
+
+    /// [`TaskRig::start`] with the server's bundle endpoint on.
+    pub(crate) fn start_with_bundle(server_args: &[&str], connector_args: &[&str]) -> Self {
+        Self::on(TestServer::start_with_bundle(server_args), connector_args)
+    }
+
+    fn on(server: TestServer, connector_args: &[&str]) -> Self {
         let agent = TestAgent::start(&server, "node1");
         let orchestrator = Workload::new(&server.dir().join("bin"), "orchestrator", &agent);
         let connector = Workload::new(&server.dir().join("bin"), "connector", &agent);

@@ -10,7 +10,9 @@
 //! - [`cli`]: the command-line contract (errors on one line, files written);
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
 //! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
-//! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL.
+//! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL;
+//! - [`verify`]: `token verify`, lanyard-verify following the feed, the example tool
+//!   service and MCP connector, PyJWT through discovery.
 //!
 //! Every test starts its own server and agent in its own temp dir on its own
 //! port, so tests run in parallel; every child process is killed when its
@@ -35,3 +37,4 @@ mod resilience;
 mod security;
 mod spiffe_client;
 mod tasks;
+mod verify;
