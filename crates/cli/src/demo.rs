@@ -108,6 +108,8 @@ struct Demo {
     dir: PathBuf,
     listen: String,
     agent_socket: String,
+    /// The issuer's bundle endpoint (and `iss`).
+    bundle_url: String,
     admin: AdminClient<Channel>,
     bundle: lanyard_ca::TrustBundle,
     uid: u32,
@@ -139,8 +141,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 impl Demo {
     async fn start_server(dir: PathBuf) -> anyhow::Result<(Self, Role)> {
         let listen = format!("127.0.0.1:{}", free_port()?);
+        let bundle_listen = format!("127.0.0.1:{}", free_port()?);
+        let bundle_url = format!("http://{bundle_listen}");
         let admin_socket = dir.join("admin.sock");
-        step(&format!("Starting the issuer for trust domain {TRUST_DOMAIN} (node API on {listen})"));
+        step(&format!(
+            "Starting the issuer for trust domain {TRUST_DOMAIN} (node API on {listen}, bundle endpoint {bundle_url})"
+        ));
         let mut server = Role::spawn(
             "server",
             &dir,
@@ -155,6 +161,8 @@ impl Demo {
                 path_str(&admin_socket)?,
                 "--listen",
                 &listen,
+                "--bundle-listen",
+                &bundle_listen,
             ],
         )?;
         let mut admin = eventually(Duration::from_secs(15), async || {
@@ -173,7 +181,7 @@ impl Demo {
             bundle.jwt_authorities.len(),
         );
         let agent_socket = format!("unix://{}", dir.join("agent.sock").display());
-        Ok((Self { dir, listen, agent_socket, admin, bundle, uid: own_uid()? }, server))
+        Ok((Self { dir, listen, agent_socket, bundle_url, admin, bundle, uid: own_uid()? }, server))
     }
 
     async fn create(&mut self, entry: Entry) -> anyhow::Result<String> {
@@ -333,6 +341,26 @@ impl Demo {
         println!("    cnf   {}  (bound to the connector's X.509-SVID)", claims["cnf"]);
         println!("    it also passes as a plain JWT-SVID for api.github.com, signed by the task-token key");
 
+        step(&format!("A relying service (lanyard-verify) checks the token through {}", self.bundle_url));
+        let endpoint = lanyard_verify::Endpoint::new(&self.bundle_url, &[])?;
+        let config = lanyard_verify::VerifierConfig::default().issuer(&self.bundle_url);
+        let verifier = lanyard_verify::Verifier::start(endpoint, config).await?;
+        let expect = lanyard_verify::Expect::audience("api.github.com").tool("github.search").action("read");
+        let verified = verifier.task_token(&token.token, &expect)?;
+        println!(
+            "    valid: {} acting for {} in task {}…; it follows the revocation feed (at event {})",
+            verified.sub,
+            verified.user.sub,
+            &verified.txn[..8],
+            verifier.revocation_seq()
+        );
+        match verifier
+            .task_token(&token.token, &lanyard_verify::Expect::audience("api.github.com").tool("github.create_issue"))
+        {
+            Ok(_) => bail!("the verifier accepted a tool outside the token"),
+            Err(e) => println!("    the same token for github.create_issue: refused: {e}"),
+        }
+
         step("Asking for a tool outside the task: github.create_issue");
         match fetch_task_token(&mut tasks, &task, "github.create_issue").await {
             Ok(_) => bail!("a tool outside the task was granted"),
@@ -358,11 +386,22 @@ impl Demo {
         step("Ending the task: it and the delegated task end, and no token is minted for either from now on");
         let ended = self.admin.end_task(AdminEndTaskRequest { task_id: task.clone() }).await.or_status("end task")?;
         println!("    ended {} task(s) (revocation event {})", ended.tasks.len(), ended.seq);
+        let acked = Instant::now();
         for id in [&task, &child] {
             match fetch_task_token(&mut tasks, id, "github.search").await {
                 Ok(_) => bail!("a token was minted for an ended task"),
                 Err(e) => println!("    task {}…: refused: {e}", &id[..8]),
             }
+        }
+
+        step("The relying service refuses the token it accepted a moment ago (it has not expired)");
+        tokio::time::timeout(Duration::from_secs(1), verifier.wait_for_seq(ended.seq))
+            .await
+            .context("the verifier did not see the task end within 1 s")?;
+        let seen = acked.elapsed();
+        match verifier.task_token(&token.token, &expect) {
+            Ok(_) => bail!("the verifier still accepts a token of an ended task"),
+            Err(e) => println!("    refused: {e} (revocation seen within {} ms of the ack)", seen.as_millis()),
         }
         Ok(())
     }
