@@ -299,7 +299,12 @@ impl TestServer {
     /// The bundle endpoint's URL, `http://127.0.0.1:PORT` (also the issuer
     /// unless `--public-url` says otherwise).
     pub(crate) fn bundle_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.bundle_port.expect("started without a bundle endpoint"))
+        format!("http://127.0.0.1:{}", self.bundle_port())
+    }
+
+    /// The bundle endpoint's port.
+    pub(crate) fn bundle_port(&self) -> u16 {
+        self.bundle_port.expect("started without a bundle endpoint")
     }
 
     /// The server's log (stdout and stderr, across restarts).

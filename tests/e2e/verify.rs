@@ -89,7 +89,7 @@ fn token_verify_accepts_a_task_token_and_refuses_forgeries_misuse_and_revocation
     cmd.args(["token", "verify", "--bundle", file.to_str().unwrap(), "--audience", GITHUB, "--tool", SEARCH, &token]);
     let out = run(cmd, COMMAND_TIMEOUT);
     success("token verify --bundle FILE", &out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("revocations are not checked"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revocations were not checked"));
 
     // Misuse of a genuine token.
     let out = verify(&rig.server, &["--audience", UPLOADS, &token]);
@@ -149,6 +149,94 @@ fn token_verify_accepts_a_task_token_and_refuses_forgeries_misuse_and_revocation
     let out = run(cmd, COMMAND_TIMEOUT);
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "{out:?}");
+}
+
+/// `claims` signed ES256 by `key` under `kid`.
+fn sign_as(key: &EcdsaKeyPair, kid: &str, claims: &Value) -> String {
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let signature = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", b64url(signature.as_ref()))
+}
+
+#[test]
+fn token_verify_refuses_bad_times_and_two_audiences_even_when_the_signature_is_good() {
+    // A bundle file holding the server's CA and one task-token key of ours,
+    // so that tokens with bad claims carry a good signature: the claim
+    // checks, not the signature, must refuse them.
+    let rig = TaskRig::start_with_bundle(&[], &[]);
+    let task = rig.begin(&TaskSpec::default());
+    let genuine = jws_part(&rig.token(&task, GITHUB, &[SEARCH], "read"), 1);
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = ring::signature::KeyPair::public_key(&key).as_ref().to_vec();
+    let mut bundle: Value =
+        serde_json::from_str(&rig.server.admin_ok(&["bundle", "show", "--format", "spiffe"])).unwrap();
+    bundle["keys"].as_array_mut().unwrap().push(json!({
+        "kty": "EC", "crv": "P-256", "x": b64url(&point[1..33]), "y": b64url(&point[33..]),
+        "kid": "e2e-key", "use": "jwt-svid", "lanyard_purpose": "task-token",
+    }));
+    let file = rig.server.dir().join("bundle-with-our-key.json");
+    std::fs::write(&file, bundle.to_string()).unwrap();
+    let check = |claims: &Value| {
+        let mut cmd = lanyard();
+        cmd.args(["token", "verify", "--bundle", file.to_str().unwrap(), "--audience", GITHUB]);
+        cmd.arg(sign_as(&key, "e2e-key", claims));
+        run(cmd, COMMAND_TIMEOUT)
+    };
+    success("our key's copy of a genuine token", &check(&genuine));
+    let now = genuine["iat"].as_u64().unwrap();
+    let edits: [(&str, &str, Value); 4] = [
+        ("expired", "exp", json!(now - 120)),
+        ("not yet valid", "nbf", json!(now + 600)),
+        ("issued in the future", "iat", json!(now + 600)),
+        ("wrong audience", "aud", json!([GITHUB, UPLOADS])),
+    ];
+    for (why, claim, value) in edits {
+        let mut claims = genuine.clone();
+        claims[claim] = value;
+        verify_refused(why, &check(&claims), why);
+    }
+}
+
+#[test]
+fn token_verify_over_https_trusts_only_the_given_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let write_cert = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+        let (cert_path, key_path) =
+            (certs.path().join(format!("{name}.pem")), certs.path().join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path.to_str().unwrap().to_owned(), key_path.to_str().unwrap().to_owned())
+    };
+    let (cert, key) = write_cert("endpoint");
+    let (other_ca, _) = write_cert("other");
+    let rig = TaskRig::start_with_bundle(&["--bundle-tls-cert", &cert, "--bundle-tls-key", &key], &[]);
+    let task = rig.begin(&TaskSpec::default());
+    let token = rig.token(&task, GITHUB, &[SEARCH], "read");
+    let url = format!("https://localhost:{}", rig.server.bundle_port());
+    let verify_https = |extra: &[&str]| {
+        let mut cmd = lanyard();
+        cmd.args(["token", "verify", "--bundle-url", &url, "--audience", GITHUB]).args(extra).arg(&token);
+        run(cmd, COMMAND_TIMEOUT)
+    };
+    let claims: Value =
+        serde_json::from_str(&success("token verify over https", &verify_https(&["--ca", &cert]))).unwrap();
+    assert_eq!(claims["txn"], task.as_str());
+    assert!(claims["iss"].as_str().unwrap().starts_with("https://"), "{claims}");
+    for (what, extra, why) in [
+        ("no CA given", &[][..], "no system roots are trusted"),
+        ("another CA", &["--ca", other_ca.as_str()][..], "TLS"),
+    ] {
+        let out = verify_https(extra);
+        assert!(!out.status.success(), "{what}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains(why), "{what}: expected {why:?} in {stderr}");
+    }
 }
 
 /// Polls `check` every millisecond until it passes; how long that took, or

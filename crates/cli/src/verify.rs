@@ -48,7 +48,6 @@ pub(crate) async fn run(args: TokenVerifyArgs) -> anyhow::Result<bool> {
             if let Some(issuer) = &args.issuer {
                 config = config.issuer(issuer.clone());
             }
-            eprintln!("lanyard: note: a bundle file has no revocation feed; revocations are not checked");
             Verifier::from_bundle_file(file, config.danger_without_revocations())?
         }
         (None, None) => bail!("give --bundle-url or --bundle"),
@@ -71,6 +70,9 @@ pub(crate) async fn run(args: TokenVerifyArgs) -> anyhow::Result<bool> {
     };
     match claims {
         Ok(claims) => {
+            if args.bundle_url.is_none() {
+                eprintln!("lanyard: note: a bundle file has no revocation feed; revocations were not checked");
+            }
             println!("{}", serde_json::to_string_pretty(&claims)?);
             Ok(true)
         }
