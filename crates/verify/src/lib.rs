@@ -318,12 +318,17 @@ fn next_refresh(shared: &Shared) -> Duration {
 /// Follows the revocation feed for ever, backing off on errors (the view
 /// then ages until checks fail closed).
 async fn follow_feed(shared: Arc<Shared>, endpoint: Endpoint) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     // The snapshot we started from was current.
     let mut caught_up = true;
     loop {
         match follow(&shared, &endpoint, caught_up).await {
-            Ok(now_caught_up) => caught_up = now_caught_up,
+            Ok(now_caught_up) => {
+                caught_up = now_caught_up;
+                backoff = FIRST_BACKOFF;
+                continue;
+            }
             Err(FeedError::Behind { .. } | FeedError::Gap { .. }) => {
                 info!("revocation feed moved past us; reloading the snapshot");
                 let bundle = Arc::clone(&read(&shared.bundle));
@@ -337,12 +342,11 @@ async fn follow_feed(shared: Arc<Shared>, endpoint: Endpoint) {
                     shared.refresh_now.notify_one();
                 }
                 warn!(error = %e, retry_in = ?backoff, "revocation feed failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
             }
         }
-        backoff = Duration::from_millis(100);
+        // Whatever went wrong may go wrong again at once: never spin.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -376,15 +380,28 @@ async fn follow(shared: &Shared, endpoint: &Endpoint, caught_up: bool) -> Result
         return Err(FeedError::Behind { after: seq, oldest: page.oldest });
     }
     let mut state = write(lock);
+    let mut applied = Ok(());
     for event in &page.events {
-        if state.apply(event)? {
-            debug!(seq = event.seq, kind = ?event.kind, subject = %event.subject, "revocation applied");
+        match state.apply(event) {
+            Ok(true) => debug!(seq = event.seq, kind = ?event.kind, subject = %event.subject, "revocation applied"),
+            Ok(false) => {}
+            Err(e) => {
+                applied = Err(e);
+                break;
+            }
         }
     }
-    let caught_up = state.observe(page.heartbeat);
-    if !caught_up {
-        debug!(at = state.seq(), head = page.heartbeat.head, "revocation feed has more events");
-    }
+    // What was applied is in force: say so even when a gap stopped us.
     shared.seq.send_replace(state.seq());
+    applied?;
+    let caught_up = state.observe(page.heartbeat);
+    if !caught_up && page.events.is_empty() {
+        // The signed head is ahead of every event served: not progress.
+        return Err(FeedError::NotCaughtUp { at: state.seq(), head: page.heartbeat.head });
+    }
     Ok(caught_up)
 }
+
+#[cfg(test)]
+#[path = "follow_tests.rs"]
+mod follow_tests;

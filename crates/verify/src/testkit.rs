@@ -152,7 +152,13 @@ impl Fixture {
 
     /// A heartbeat at `now` with this head.
     pub(crate) fn heartbeat(&self, head: u64) -> String {
-        let claims = json!({"iss": ISSUER, "iat": self.now_secs(), "head": head});
+        self.heartbeat_at(head, self.now_secs())
+    }
+
+    /// A heartbeat with this head signed as of `iat` (Unix seconds): a fake
+    /// feed serving the real clock signs each one as it answers.
+    pub(crate) fn heartbeat_at(&self, head: u64, iat: u64) -> String {
+        let claims = json!({"iss": ISSUER, "iat": iat, "head": head});
         self.jwt_svid.sign_claims_as(HEARTBEAT_TYP, &claims).unwrap()
     }
 
