@@ -210,3 +210,30 @@ async fn an_axum_handler_extracts_the_claims() {
     let challenge = response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
     assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
 }
+
+#[tokio::test]
+async fn the_layer_wraps_a_tonic_service_with_tonic_bodies() {
+    // A gRPC service: tonic's body on both sides; refusals map to
+    // Unauthenticated on the client (HTTP 401).
+    let f = fixture();
+    let grpc = service_fn(|request: Request<tonic::body::Body>| async move {
+        let task = request.extensions().get::<TaskTokenClaims>().map(|c| c.txn.clone());
+        let mut response = Response::new(tonic::body::Body::empty());
+        response.headers_mut().insert("x-task", task.unwrap_or_default().parse().unwrap());
+        Ok::<_, Infallible>(response)
+    });
+    let service = TaskTokenLayer::new(f.verifier(), AUDIENCE).tool(TOOL).layer(grpc);
+    let call = |authorization: Option<String>| {
+        let mut builder = Request::builder().uri("/lanyard.tool.v1.Tool/Search");
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        builder.body(tonic::body::Body::empty()).unwrap()
+    };
+    let ok = service.clone().oneshot(call(Some(format!("Bearer {}", f.task_token())))).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["x-task"], TASK);
+    let refused = service.oneshot(call(None)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers().get("x-task").is_none(), "the inner service never ran");
+}
