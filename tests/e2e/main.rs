@@ -7,6 +7,7 @@
 //! - [`spiffe_client`]: the unmodified crates.io `spiffe` client against our agent;
 //! - [`security`]: the security invariants of DESIGN.md, each shown refusing;
 //! - [`resilience`]: rotation, server outage, SIGKILL durability;
+//! - [`rotation`]: signing key rotation across real processes, `ca rotate` and `ca revoke`;
 //! - [`cli`]: the command-line contract (errors on one line, files written);
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
 //! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
@@ -34,6 +35,7 @@ mod cli;
 mod harness;
 mod policy;
 mod resilience;
+mod rotation;
 mod security;
 mod spiffe_client;
 mod tasks;

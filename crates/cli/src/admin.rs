@@ -3,14 +3,15 @@
 use anyhow::Context;
 use lanyard_proto::admin::{
     BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, GetBundleRequest, GetEntryRequest,
-    ListAgentsRequest, ListEntriesRequest, UpdateEntryRequest,
+    ListAgentsRequest, ListEntriesRequest, ListKeysRequest, ListKeysResponse, RevokeKeyRequest, RotateKeysRequest,
+    UpdateEntryRequest,
 };
 use lanyard_proto::common::Entry;
 
 use lanyard_core::SpiffeId;
 
 use crate::cli::{
-    AdminSocket, BundleCommand, BundleFormat, EntryCommand, EntryFields, JoinTokenCommand, Output, OutputArg,
+    AdminSocket, BundleCommand, BundleFormat, CaCommand, EntryCommand, EntryFields, JoinTokenCommand, Output, OutputArg,
 };
 use crate::clients::{self, StatusExt};
 use crate::output;
@@ -148,6 +149,64 @@ pub(crate) async fn agent_ban(spiffe_id: SpiffeId, admin: AdminSocket) -> anyhow
     let agent = client.ban_agent(BanAgentRequest { spiffe_id: spiffe_id.to_string() }).await.or_status("ban agent")?;
     println!("banned {}", agent.spiffe_id);
     Ok(())
+}
+
+/// `lanyard ca show|rotate|revoke`.
+pub(crate) async fn ca(cmd: CaCommand) -> anyhow::Result<()> {
+    let (admin, output) = match &cmd {
+        CaCommand::Show { admin, output } | CaCommand::Rotate { admin, output, .. } => (admin, output),
+        CaCommand::Revoke { admin, output, .. } => (admin, output),
+    };
+    let mut client = clients::admin(&admin.admin_socket).await?;
+    let keys = match &cmd {
+        CaCommand::Show { .. } => client.list_keys(ListKeysRequest {}).await.or_status("list keys")?,
+        CaCommand::Rotate { kinds, .. } => {
+            client.rotate_keys(RotateKeysRequest { kinds: kinds.clone() }).await.or_status("rotate keys")?
+        }
+        CaCommand::Revoke { id, .. } => {
+            client.revoke_key(RevokeKeyRequest { id: id.clone() }).await.or_status("revoke key")?
+        }
+    };
+    print_keys(&keys, output.output);
+    Ok(())
+}
+
+fn print_keys(keys: &ListKeysResponse, output: Output) {
+    let time = |t: i64| match t {
+        0 => "-".to_owned(),
+        t => t.to_string(),
+    };
+    match output {
+        Output::Json => {
+            let list: Vec<_> = keys
+                .keys
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "id": k.id, "kind": k.kind, "phase": k.phase, "not_before": k.not_before,
+                        "not_after": k.not_after,
+                        "activated_at": (k.activated_at != 0).then_some(k.activated_at),
+                        "revoked_at": (k.revoked_at != 0).then_some(k.revoked_at),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "bundle_sequence": keys.bundle_sequence, "keys": list }));
+        }
+        Output::Text => {
+            println!(
+                "{:<10}  {:<9}  {:>10}  {:>10}  {:>10}  ID",
+                "KIND", "PHASE", "NOT_BEFORE", "ACTIVATED", "NOT_AFTER"
+            );
+            for k in &keys.keys {
+                let activated = time(k.activated_at);
+                println!(
+                    "{:<10}  {:<9}  {:>10}  {activated:>10}  {:>10}  {}",
+                    k.kind, k.phase, k.not_before, k.not_after, k.id
+                );
+            }
+            println!("bundle sequence {}", keys.bundle_sequence);
+        }
+    }
 }
 
 pub(crate) async fn bundle(cmd: BundleCommand) -> anyhow::Result<()> {

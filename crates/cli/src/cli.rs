@@ -31,6 +31,9 @@ pub(crate) enum Command {
     /// The trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// The signing keys: X.509 CA, JWT-SVID and task-token keys.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// X.509-SVIDs, as a workload sees them through the agent.
     #[command(subcommand)]
     Svid(SvidCommand),
@@ -462,6 +465,13 @@ pub(crate) struct ServerRun {
     /// Lifetime of agent SVIDs.
     #[arg(long, default_value = "1h")]
     pub(crate) agent_ttl: Ttl,
+    /// Lifetime of each X.509 CA; a successor is published at half of it and
+    /// signs from two thirds.
+    #[arg(long, default_value = "24h", value_parser = lanyard_core::parse_duration)]
+    pub(crate) ca_ttl: std::time::Duration,
+    /// Lifetime of each JWT-SVID and task-token signing key (rotated the same way).
+    #[arg(long, default_value = "24h", value_parser = lanyard_core::parse_duration)]
+    pub(crate) jwt_key_ttl: std::time::Duration,
     /// Directory of Cedar policies (*.cedar); reloaded on SIGHUP and `lanyard policy reload`.
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
@@ -627,6 +637,38 @@ pub(crate) enum JoinTokenCommand {
         /// How long the token may be used.
         #[arg(long, default_value = "10m", value_parser = lanyard_core::parse_duration)]
         ttl: std::time::Duration,
+        #[command(flatten)]
+        admin: AdminSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CaCommand {
+    /// List every signing key with its phase (prepared, active, retired, expired, revoked).
+    Show {
+        #[command(flatten)]
+        admin: AdminSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Rotate now: activate the prepared key, or a new one; the old key stays
+    /// in the bundle until it expires.
+    Rotate {
+        /// x509-ca, jwt-svid or task-token (repeatable; default: all three).
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        #[command(flatten)]
+        admin: AdminSocket,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Revoke a key (compromised, say): out of the bundle at once; if it was
+    /// active, a new key is activated.
+    Revoke {
+        /// The key's id (JWT kid, or the CA certificate's serial) from `ca show`.
+        id: String,
         #[command(flatten)]
         admin: AdminSocket,
         #[command(flatten)]

@@ -81,6 +81,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Entry(cmd) => admin::entry(cmd).await,
         Command::JoinToken(cmd) => admin::join_token(cmd).await,
         Command::Bundle(cmd) => admin::bundle(cmd).await,
+        Command::Ca(cmd) => admin::ca(cmd).await,
         Command::Svid(cmd) => workload::svid(cmd).await,
         Command::Jwt(cmd) => workload::jwt(cmd).await,
         Command::Demo => demo::run().await,

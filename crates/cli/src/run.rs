@@ -40,6 +40,8 @@ pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     config.public_url = args.public_url;
     config.bundle_tls = args.bundle_tls_cert.zip(args.bundle_tls_key);
     config.agent_svid_ttl = args.agent_ttl;
+    config.ca_ttl = args.ca_ttl;
+    config.jwt_key_ttl = args.jwt_key_ttl;
     config.policy_dir = args.policy;
     config.checkpoint_every = args.checkpoint_every;
     config.risk_threshold = args.risk_threshold;

@@ -11,9 +11,10 @@ use lanyard_proto::admin::{
     Agent, AuditRecord, BanAgentRequest, BeginTaskResponse, CheckPolicyRequest, CheckPolicyResponse, ClearRiskRequest,
     CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse,
     EndTaskRequest, GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListEntriesRequest,
-    ListEntriesResponse, ListRisksRequest, ListRisksResponse, ListTasksRequest, ListTasksResponse, QueryAuditRequest,
-    QueryAuditResponse, ReloadPolicyRequest, ReloadPolicyResponse, ReportRiskRequest, Revocation, RevokeSessionRequest,
-    RevokeTokenRequest, Risk, TailAuditRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
+    ListEntriesResponse, ListKeysRequest, ListKeysResponse, ListRisksRequest, ListRisksResponse, ListTasksRequest,
+    ListTasksResponse, QueryAuditRequest, QueryAuditResponse, ReloadPolicyRequest, ReloadPolicyResponse,
+    ReportRiskRequest, Revocation, RevokeKeyRequest, RevokeSessionRequest, RevokeTokenRequest, Risk, RotateKeysRequest,
+    TailAuditRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use lanyard_proto::common;
 use lanyard_store::{
@@ -217,6 +218,58 @@ impl Admin for AdminApi {
     async fn get_bundle(&self, req: Request<GetBundleRequest>) -> Result<Response<common::Bundle>, Status> {
         self.authorize(&req)?;
         Ok(Response::new(bundle_to_proto(&self.state.keys().bundle)))
+    }
+
+    async fn list_keys(&self, req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(crate::keys::list(&self.state).await.map_err(internal)?))
+    }
+
+    async fn rotate_keys(&self, req: Request<RotateKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
+        let actor = self.authorize(&req)?;
+        let kinds = match req.get_ref().kinds.as_slice() {
+            [] => crate::key_lifecycle::KINDS.to_vec(),
+            names => names
+                .iter()
+                .map(|n| {
+                    crate::keys::parse_kind(n).ok_or_else(|| {
+                        ApiError::InvalidArgument(format!("kind {n:?}: expected x509-ca, jwt-svid or task-token"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let state = &self.state;
+        let _serial = state.key_ops.lock().await;
+        for kind in kinds {
+            crate::keys::rotate_now(
+                state.store.as_ref(),
+                &state.td,
+                kind,
+                state.now(),
+                state.config.lifetimes(),
+                &actor,
+            )
+            .await
+            .map_err(internal)?;
+        }
+        crate::keys::refresh(state).await.map_err(internal)?;
+        Ok(Response::new(crate::keys::list(state).await.map_err(internal)?))
+    }
+
+    async fn revoke_key(&self, req: Request<RevokeKeyRequest>) -> Result<Response<ListKeysResponse>, Status> {
+        let actor = self.authorize(&req)?;
+        let state = &self.state;
+        let _serial = state.key_ops.lock().await;
+        crate::keys::revoke(state.store.as_ref(), &req.get_ref().id, state.now(), &actor).await.map_err(
+            |e| match e {
+                crate::keys::RevokeError::NotFound(_) => ApiError::NotFound(e.to_string()),
+                crate::keys::RevokeError::AlreadyRevoked(_) => ApiError::InvalidArgument(e.to_string()),
+                crate::keys::RevokeError::Store(e) => internal(e),
+            },
+        )?;
+        // Out of the bundle now, and a new active key if that one was.
+        crate::keys::refresh(state).await.map_err(internal)?;
+        Ok(Response::new(crate::keys::list(state).await.map_err(internal)?))
     }
 
     async fn begin_task(&self, req: Request<common::TaskSpec>) -> Result<Response<BeginTaskResponse>, Status> {
@@ -510,4 +563,9 @@ fn risk_context(subject: &RiskSubject) -> AuditContext {
         RiskSubject::Session(s) => context.session = Some(s.clone()),
     }
     context
+}
+
+/// A key operation that failed on our side: logged, answered as Internal.
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
 }

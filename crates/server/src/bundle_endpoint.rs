@@ -37,9 +37,11 @@ pub(crate) fn router(state: Arc<State>) -> Router {
 }
 
 /// A JSON body with the bundle's cache headers, or 304 when the caller has it.
+/// The ETag is a digest of the body itself, so any change is a new tag.
 fn cached_json(state: &State, request: &HeaderMap, body: String) -> Response {
     let keys = state.keys();
-    let etag = format!("\"{}\"", keys.bundle.sequence);
+    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+    let etag = format!("\"{}\"", lanyard_core::hex::encode(&digest.as_ref()[..16]));
     let max_age = keys.bundle.refresh_hint.as_secs() / 2;
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&etag) {

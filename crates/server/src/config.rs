@@ -23,9 +23,9 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// PEM certificate chain and key: serve the bundle endpoint over HTTPS.
     pub bundle_tls: Option<(PathBuf, PathBuf)>,
-    /// Lifetime of a newly generated CA certificate.
+    /// Lifetime of each X.509 CA; a successor is prepared at half of it.
     pub ca_ttl: Duration,
-    /// Lifetime of a newly generated JWT signing key.
+    /// Lifetime of each JWT-SVID and task-token key; rotated the same way.
     pub jwt_key_ttl: Duration,
     /// Lifetime of agent SVIDs.
     pub agent_svid_ttl: Ttl,
@@ -54,8 +54,8 @@ impl ServerConfig {
             bundle_listen: None,
             public_url: None,
             bundle_tls: None,
-            ca_ttl: Duration::from_secs(365 * 86_400),
-            jwt_key_ttl: Duration::from_secs(365 * 86_400),
+            ca_ttl: Duration::from_secs(86_400),
+            jwt_key_ttl: Duration::from_secs(86_400),
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,
             default_jwt_ttl: Ttl::FIVE_MINUTES,
@@ -64,5 +64,9 @@ impl ServerConfig {
             default_task_ttl: Duration::from_secs(600),
             checkpoint_every: 1000,
         }
+    }
+
+    pub(crate) fn lifetimes(&self) -> crate::keys::Lifetimes {
+        crate::keys::Lifetimes { x509: self.ca_ttl, jwt: self.jwt_key_ttl }
     }
 }

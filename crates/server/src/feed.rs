@@ -132,6 +132,7 @@ impl State {
         let mut jtis = BTreeSet::new();
         let mut entries = BTreeSet::new();
         let mut agents = BTreeSet::new();
+        let mut keys = BTreeSet::new();
         let mut after = 0;
         loop {
             let page = self.store.revocations_since(after, MAX_EVENTS).await?;
@@ -145,6 +146,7 @@ impl State {
                     RevocationKind::TokenRevoked => drop(jtis.insert(subject)),
                     RevocationKind::EntryDeleted => drop(entries.insert(subject)),
                     RevocationKind::AgentBanned => drop(agents.insert(subject)),
+                    RevocationKind::KeyRevoked => drop(keys.insert(subject)),
                     RevocationKind::TaskEnded | RevocationKind::RiskRaised | RevocationKind::RiskCleared => {}
                 }
             }
@@ -168,6 +170,7 @@ impl State {
             "revoked_jtis": jtis,
             "deleted_entries": entries,
             "banned_agents": agents,
+            "revoked_keys": keys,
             "risks": risks,
         });
         self.sign(SNAPSHOT_TYP, &claims)

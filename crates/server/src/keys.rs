@@ -1,138 +1,363 @@
-//! The server's signing keys: loaded from the store at start, generated on
-//! first start, and published (with the bundle they make) on a watch channel
-//! so that sync streams see bundle changes.
+//! The server's signing keys: kept in the store, rotated by the plan in
+//! [`crate::key_lifecycle`], and published (the active keys and the bundle
+//! of every published one) on a watch channel, so that sync streams, the
+//! node API's TLS and the bundle endpoint all see each change.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lanyard_ca::{JwtAuthority, JwtAuthorityKey, JwtKeyPurpose, TrustBundle, X509Authority};
 use lanyard_core::{TrustDomain, from_unix_secs, unix_secs};
+use lanyard_proto::admin::{KeyInfo, ListKeysResponse};
 use lanyard_store::{AuditEvent, KeyKind, KeyRecord, Store};
 use tokio::sync::watch;
 
 use crate::StartError;
+use crate::key_lifecycle::{self, KINDS, Phase, Step};
 
-/// How often relying parties are told to refresh the bundle.
-pub(crate) const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
+/// How often relying parties are told to refresh the bundle, at most.
+const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
+
+/// How long keys of each kind live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lifetimes {
+    /// The X.509 CA.
+    pub(crate) x509: Duration,
+    /// JWT-SVID and task-token keys.
+    pub(crate) jwt: Duration,
+}
+
+impl Lifetimes {
+    fn of(self, kind: KeyKind) -> Duration {
+        match kind {
+            KeyKind::X509Ca => self.x509,
+            KeyKind::JwtSvid | KeyKind::TaskToken => self.jwt,
+        }
+    }
+
+    /// The bundle's refresh hint: 5 minutes, or less when keys live so
+    /// briefly that a relying party polling that slowly could miss a key's
+    /// publication (a twelfth of the shortest lifetime, at least a second).
+    pub(crate) fn refresh_hint(self) -> Duration {
+        BUNDLE_REFRESH_HINT.min(self.x509.min(self.jwt) / 12).max(Duration::from_secs(1))
+    }
+
+    /// How often the rotator looks: often enough for the shortest lifetime.
+    pub(crate) fn tick(self) -> Duration {
+        (self.x509.min(self.jwt) / 48).clamp(Duration::from_millis(200), Duration::from_secs(10))
+    }
+}
 
 /// The active signing keys and the bundle that publishes them.
 #[derive(Debug)]
 pub(crate) struct Keys {
     /// Signs X.509-SVIDs.
     pub(crate) x509: X509Authority,
-    /// Signs JWT-SVIDs (and audit checkpoints).
+    /// Signs JWT-SVIDs (and audit checkpoints and the revocation feed).
     pub(crate) jwt: JwtAuthority,
     /// Signs task tokens: its own key, so verifiers can tell the two apart.
     pub(crate) task_tokens: JwtAuthority,
-    /// Everything relying parties trust right now.
+    /// Everything relying parties trust right now: prepared, active and
+    /// retired keys, not expired ones nor revoked ones.
     pub(crate) bundle: TrustBundle,
+    /// Which records these are: active ids and published ids.
+    fingerprint: (Vec<String>, BTreeSet<String>),
 }
 
-/// Loads the newest valid CA and JWT key from the store, generating and
-/// storing (durably, audited) whichever is missing.
-pub(crate) async fn load_or_create(
-    store: &dyn Store,
-    td: &TrustDomain,
-    now: SystemTime,
-    ca_ttl: Duration,
-    jwt_ttl: Duration,
-) -> Result<Keys, StartError> {
-    let records = store.list_keys().await?;
-    let now_s = unix_secs(now);
-    let newest = |kind: KeyKind| {
-        records.iter().filter(|r| r.kind == kind && r.not_after > now_s).max_by_key(|r| r.not_after).cloned()
-    };
-
-    let x509 = match newest(KeyKind::X509Ca) {
-        Some(r) => {
-            let cert = r.cert_der.ok_or_else(|| StartError::Keys("stored CA key has no certificate".into()))?;
-            X509Authority::from_parts(cert, &r.pkcs8)?
-        }
-        None => {
-            let ca = X509Authority::generate(td, now, ca_ttl)?;
-            let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der())
-                .map_err(|e| StartError::Keys(format!("new CA certificate: {e}")))?;
-            let id = lanyard_core::hex::encode(cert.raw_serial());
-            let record = KeyRecord {
-                id: id.clone(),
-                kind: KeyKind::X509Ca,
-                pkcs8: ca.pkcs8_der(),
-                cert_der: Some(ca.cert_der().to_vec()),
-                not_before: unix_secs(ca.not_before()),
-                not_after: unix_secs(ca.not_after()),
-            };
-            store.put_key(record, key_audit(now_s, "x509-ca", &id)).await?;
-            ca
-        }
-    };
-
-    let (jwt, jwt_since) = load_or_create_jwt(store, &newest(KeyKind::JwtSvid), KeyKind::JwtSvid, now, jwt_ttl).await?;
-    let (task_tokens, task_since) =
-        load_or_create_jwt(store, &newest(KeyKind::TaskToken), KeyKind::TaskToken, now, jwt_ttl).await?;
-
-    let bundle = TrustBundle {
-        trust_domain: td.clone(),
-        x509_authorities: vec![x509.cert_der().to_vec()],
-        jwt_authorities: vec![
-            JwtAuthorityKey {
-                key: jwt.verifying_key(),
-                expires_at: unix_secs(jwt.not_after()),
-                purpose: JwtKeyPurpose::JwtSvid,
-            },
-            JwtAuthorityKey {
-                key: task_tokens.verifying_key(),
-                expires_at: unix_secs(task_tokens.not_after()),
-                purpose: JwtKeyPurpose::TaskToken,
-            },
-        ],
-        // The bundle changes only when a key is added, so the newest key's
-        // start is a sequence that never goes back.
-        sequence: unix_secs(x509.not_before()).max(jwt_since).max(task_since),
-        refresh_hint: BUNDLE_REFRESH_HINT,
-    };
-    Ok(Keys { x509, jwt, task_tokens, bundle })
-}
-
-/// The stored JWT key of `kind`, or a new one (stored durably, audited).
-/// Returns the key and when it came into use.
-async fn load_or_create_jwt(
-    store: &dyn Store,
-    stored: &Option<KeyRecord>,
-    kind: KeyKind,
-    now: SystemTime,
-    ttl: Duration,
-) -> Result<(JwtAuthority, u64), StartError> {
-    if let Some(r) = stored {
-        return Ok((JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after))?, r.not_before));
-    }
-    let key = JwtAuthority::generate(now, ttl)?;
-    let now_s = unix_secs(now);
-    let record = KeyRecord {
-        id: key.kid().to_owned(),
-        kind,
-        pkcs8: key.pkcs8_der().to_vec(),
-        cert_der: None,
-        not_before: now_s,
-        not_after: unix_secs(key.not_after()),
-    };
-    let label = match kind {
-        KeyKind::TaskToken => "task-token",
-        _ => "jwt-svid",
-    };
-    store.put_key(record, key_audit(now_s, label, key.kid())).await?;
-    Ok((key, now_s))
-}
-
-fn key_audit(at: u64, kind: &str, id: &str) -> AuditEvent {
-    AuditEvent {
-        at,
-        kind: "key.create".into(),
-        actor: "server".into(),
-        subject: id.into(),
-        detail: serde_json::json!({ "key_kind": kind }),
-        ..AuditEvent::default()
+impl Keys {
+    /// The store id of the active X.509 CA.
+    pub(crate) fn active_x509_id(&self) -> &str {
+        &self.fingerprint.0[0]
     }
 }
 
 /// The published keys; subscribers learn of every change.
 pub(crate) type KeyWatch = watch::Sender<Arc<Keys>>;
+
+/// Takes every step now due for every kind of key (each durable and
+/// audited before the next), then builds the keys from the store.
+pub(crate) async fn reconcile(
+    store: &dyn Store,
+    td: &TrustDomain,
+    now: SystemTime,
+    lifetimes: Lifetimes,
+) -> Result<Keys, StartError> {
+    let now_s = unix_secs(now);
+    for kind in KINDS {
+        // At most two steps per kind at a time (create, then nothing; or
+        // revoke-driven activate): bounded, so a bug cannot spin here.
+        for _ in 0..2 {
+            let records = store.list_keys().await?;
+            let Some(step) = key_lifecycle::plan(&records, kind, now_s, lifetimes.of(kind).as_secs()) else {
+                break;
+            };
+            take_step(store, td, &records, kind, step, now, lifetimes).await?;
+        }
+    }
+    build(td, &store.list_keys().await?, now_s, lifetimes.refresh_hint())
+}
+
+/// Forces a new active key of `kind` now: the prepared one if there is one,
+/// else a new one. The old key stays published until it expires.
+pub(crate) async fn rotate_now(
+    store: &dyn Store,
+    td: &TrustDomain,
+    kind: KeyKind,
+    now: SystemTime,
+    lifetimes: Lifetimes,
+    actor: &str,
+) -> Result<(), StartError> {
+    let records = store.list_keys().await?;
+    let now_s = unix_secs(now);
+    let active = key_lifecycle::active(&records, kind, now_s).map(|r| r.id.clone());
+    let prepared = records
+        .iter()
+        .filter(|r| r.kind == kind && key_lifecycle::phase(&records, r, now_s) == Phase::Prepared)
+        .max_by_key(|r| r.not_before);
+    let step = match prepared {
+        Some(p) if Some(&p.id) != active.as_ref() => Step::Activate(p.id.clone()),
+        _ => Step::CreateActive,
+    };
+    tracing::info!(kind = kind_label(kind), %actor, ?step, "forced key rotation");
+    take_step(store, td, &records, kind, step, now, lifetimes).await
+}
+
+async fn take_step(
+    store: &dyn Store,
+    td: &TrustDomain,
+    records: &[KeyRecord],
+    kind: KeyKind,
+    step: Step,
+    now: SystemTime,
+    lifetimes: Lifetimes,
+) -> Result<(), StartError> {
+    let now_s = unix_secs(now);
+    // Activation times order the keys of a kind: a key activated in the same
+    // second as the last one (a forced rotation) is stamped a second later.
+    let activation = records
+        .iter()
+        .filter(|r| r.kind == kind)
+        .filter_map(|r| r.activated_at)
+        .max()
+        .map_or(now_s, |last| now_s.max(last + 1));
+    match step {
+        Step::CreateActive | Step::Prepare => {
+            let activated_at = (step == Step::CreateActive).then_some(activation);
+            let record = generate(td, kind, now, lifetimes.of(kind), activated_at)?;
+            let what = if activated_at.is_some() { "key.create" } else { "key.prepare" };
+            tracing::info!(kind = kind_label(kind), id = %record.id, what, "signing key created");
+            let audit = key_audit(now_s, what, kind, &record.id);
+            store.put_key(record, audit).await?;
+        }
+        Step::Activate(id) => {
+            let Some(record) = records.iter().find(|r| r.id == id) else { return Ok(()) };
+            let record = KeyRecord { activated_at: Some(activation), ..record.clone() };
+            tracing::info!(kind = kind_label(kind), %id, "signing key activated");
+            store.put_key(record, key_audit(now_s, "key.activate", kind, &id)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Revokes key `id`: out of the bundle from now; when it was the active key,
+/// the next [`reconcile`] activates a prepared key or creates one.
+pub(crate) async fn revoke(
+    store: &dyn Store,
+    id: &str,
+    now: SystemTime,
+    actor: &str,
+) -> Result<KeyRecord, RevokeError> {
+    let records = store.list_keys().await.map_err(StartError::from)?;
+    let record = records.iter().find(|r| r.id == id).ok_or_else(|| RevokeError::NotFound(id.to_owned()))?;
+    if record.revoked_at.is_some() {
+        return Err(RevokeError::AlreadyRevoked(id.to_owned()));
+    }
+    let now_s = unix_secs(now);
+    let revoked = KeyRecord { revoked_at: Some(now_s), ..record.clone() };
+    let mut audit = key_audit(now_s, "key.revoke", record.kind, id);
+    audit.actor = actor.to_owned();
+    // A revocation event too, so verifiers following the feed stop
+    // trusting the key within a second, not at their next bundle refresh.
+    store.revoke_key(revoked.clone(), now_s, audit).await.map_err(StartError::from)?;
+    tracing::warn!(kind = kind_label(record.kind), %id, %actor, "signing key revoked");
+    Ok(revoked)
+}
+
+/// Why a key could not be revoked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RevokeError {
+    #[error("no key with id {0:?}")]
+    NotFound(String),
+    #[error("key {0:?} is already revoked")]
+    AlreadyRevoked(String),
+    #[error(transparent)]
+    Store(#[from] StartError),
+}
+
+/// A new key of `kind`, as a store record.
+fn generate(
+    td: &TrustDomain,
+    kind: KeyKind,
+    now: SystemTime,
+    lifetime: Duration,
+    activated_at: Option<u64>,
+) -> Result<KeyRecord, StartError> {
+    let now_s = unix_secs(now);
+    Ok(match kind {
+        KeyKind::X509Ca => {
+            let ca = X509Authority::generate(td, now, lifetime)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der())
+                .map_err(|e| StartError::Keys(format!("new CA certificate: {e}")))?;
+            KeyRecord {
+                id: lanyard_core::hex::encode(cert.raw_serial()),
+                kind,
+                pkcs8: ca.pkcs8_der(),
+                cert_der: Some(ca.cert_der().to_vec()),
+                not_before: now_s,
+                not_after: unix_secs(ca.not_after()),
+                activated_at,
+                revoked_at: None,
+            }
+        }
+        KeyKind::JwtSvid | KeyKind::TaskToken => {
+            let key = JwtAuthority::generate(now, lifetime)?;
+            KeyRecord {
+                id: key.kid().to_owned(),
+                kind,
+                pkcs8: key.pkcs8_der().to_vec(),
+                cert_der: None,
+                not_before: now_s,
+                not_after: unix_secs(key.not_after()),
+                activated_at,
+                revoked_at: None,
+            }
+        }
+    })
+}
+
+/// The active keys and the bundle of every published one.
+fn build(td: &TrustDomain, records: &[KeyRecord], now: u64, refresh_hint: Duration) -> Result<Keys, StartError> {
+    let active = |kind| {
+        key_lifecycle::active(records, kind, now)
+            .ok_or_else(|| StartError::Keys(format!("no active {} key", kind_label(kind))))
+    };
+    let jwt_key = |r: &KeyRecord| JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after));
+    let x509_record = active(KeyKind::X509Ca)?;
+    let cert =
+        x509_record.cert_der.clone().ok_or_else(|| StartError::Keys("stored CA key has no certificate".into()))?;
+    let x509 = X509Authority::from_parts(cert, &x509_record.pkcs8)?;
+    let jwt_record = active(KeyKind::JwtSvid)?;
+    let task_record = active(KeyKind::TaskToken)?;
+    let (jwt, task_tokens) = (jwt_key(jwt_record)?, jwt_key(task_record)?);
+
+    let mut published: Vec<&KeyRecord> =
+        records.iter().filter(|r| key_lifecycle::phase(records, r, now).published()).collect();
+    published.sort_by_key(|r| (r.not_before, KINDS.iter().position(|k| *k == r.kind), r.id.clone()));
+    let mut x509_authorities = Vec::new();
+    let mut jwt_authorities = Vec::new();
+    for r in &published {
+        match r.kind {
+            KeyKind::X509Ca => x509_authorities.extend(r.cert_der.clone()),
+            KeyKind::JwtSvid | KeyKind::TaskToken => {
+                let purpose =
+                    if r.kind == KeyKind::TaskToken { JwtKeyPurpose::TaskToken } else { JwtKeyPurpose::JwtSvid };
+                jwt_authorities.push(JwtAuthorityKey {
+                    key: jwt_key(r)?.verifying_key(),
+                    expires_at: r.not_after,
+                    purpose,
+                });
+            }
+        }
+    }
+    let bundle = TrustBundle {
+        trust_domain: td.clone(),
+        x509_authorities,
+        jwt_authorities,
+        sequence: key_lifecycle::bundle_sequence(records, now),
+        refresh_hint,
+    };
+    let fingerprint = (
+        vec![x509_record.id.clone(), jwt_record.id.clone(), task_record.id.clone()],
+        published.iter().map(|r| r.id.clone()).collect(),
+    );
+    Ok(Keys { x509, jwt, task_tokens, bundle, fingerprint })
+}
+
+/// Keeps the keys rotating: every tick, takes the steps due and publishes
+/// the keys when the active or published set changed.
+pub(crate) async fn rotate_loop(state: Arc<crate::state::State>) {
+    let lifetimes = state.config.lifetimes();
+    loop {
+        tokio::time::sleep(lifetimes.tick()).await;
+        let _serial = state.key_ops.lock().await;
+        if let Err(e) = refresh(&state).await {
+            tracing::error!(error = %e, "key rotation failed; retrying");
+        }
+    }
+}
+
+/// One rotation pass; publishes the keys when they changed. Callers hold
+/// `state.key_ops`.
+pub(crate) async fn refresh(state: &crate::state::State) -> Result<(), StartError> {
+    let mut keys = reconcile(state.store.as_ref(), &state.td, state.now(), state.config.lifetimes()).await?;
+    let current = state.keys();
+    if keys.fingerprint != current.fingerprint {
+        // Two changes within one second: the sequence still moves on.
+        keys.bundle.sequence = keys.bundle.sequence.max(current.bundle.sequence + 1);
+        tracing::info!(
+            sequence = keys.bundle.sequence,
+            x509_authorities = keys.bundle.x509_authorities.len(),
+            jwt_authorities = keys.bundle.jwt_authorities.len(),
+            "trust bundle changed"
+        );
+        state.keys.send_replace(Arc::new(keys));
+    }
+    Ok(())
+}
+
+/// Every key with its phase, as the admin API lists them.
+pub(crate) async fn list(state: &crate::state::State) -> Result<ListKeysResponse, StartError> {
+    let records = state.store.list_keys().await?;
+    let now = unix_secs(state.now());
+    let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    let mut keys: Vec<KeyInfo> = records
+        .iter()
+        .map(|r| KeyInfo {
+            id: r.id.clone(),
+            kind: kind_label(r.kind).to_owned(),
+            phase: key_lifecycle::phase(&records, r, now).as_str().to_owned(),
+            not_before: secs(r.not_before),
+            not_after: secs(r.not_after),
+            activated_at: r.activated_at.map_or(0, secs),
+            revoked_at: r.revoked_at.map_or(0, secs),
+        })
+        .collect();
+    keys.sort_by(|a, b| (&a.kind, a.not_before, &a.id).cmp(&(&b.kind, b.not_before, &b.id)));
+    Ok(ListKeysResponse { keys, bundle_sequence: state.keys().bundle.sequence })
+}
+
+/// The kind a `ca rotate --kind` names.
+pub(crate) fn parse_kind(s: &str) -> Option<KeyKind> {
+    KINDS.into_iter().find(|k| kind_label(*k) == s)
+}
+
+/// The name of a kind in logs, audit records and `ca show`.
+pub(crate) fn kind_label(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::X509Ca => "x509-ca",
+        KeyKind::JwtSvid => "jwt-svid",
+        KeyKind::TaskToken => "task-token",
+    }
+}
+
+fn key_audit(at: u64, what: &str, kind: KeyKind, id: &str) -> AuditEvent {
+    AuditEvent {
+        at,
+        kind: what.into(),
+        actor: "server".into(),
+        subject: id.into(),
+        detail: serde_json::json!({ "key_kind": kind_label(kind) }),
+        ..AuditEvent::default()
+    }
+}

@@ -26,7 +26,7 @@ use crate::keys;
 use crate::limits::{ADMIN_MAX_MESSAGE, NODE_MAX_MESSAGE, TLS_HANDSHAKE_TIMEOUT};
 use crate::node::NodeApi;
 use crate::state::State;
-use crate::tls::{self, SERVER_SVID_TTL, ServerCert};
+use crate::tls::{self, ServerCert};
 
 /// Why the server could not start; each says which part and why, in one line.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,9 @@ impl From<lanyard_ca::CaError> for StartError {
     }
 }
 
+/// The shortest key lifetime accepted (tests use a few seconds; production days).
+const MIN_KEY_LIFETIME: Duration = Duration::from_secs(6);
+
 /// A server with its store open and its sockets bound, ready to serve.
 pub struct Server {
     pub(crate) state: Arc<State>,
@@ -85,7 +88,13 @@ impl Server {
         }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         let td = config.trust_domain.clone();
-        let keys = keys::load_or_create(store.as_ref(), &td, clock.now(), config.ca_ttl, config.jwt_key_ttl).await?;
+        if config.ca_ttl < MIN_KEY_LIFETIME || config.jwt_key_ttl < MIN_KEY_LIFETIME {
+            return Err(StartError::Config(format!(
+                "key lifetimes must be at least {}s: rotation needs time to publish a key before it signs",
+                MIN_KEY_LIFETIME.as_secs()
+            )));
+        }
+        let keys = keys::reconcile(store.as_ref(), &td, clock.now(), config.lifetimes()).await?;
         let (server_cert, server_cert_not_after) = ServerCert::new(&keys.x509, &td, clock.now())?;
         let node_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
         let bundle_listener = match config.bundle_listen {
@@ -117,6 +126,7 @@ impl Server {
             policy: std::sync::RwLock::new(Arc::new(policy)),
             ceilings,
             svid_cache: crate::svid_cache::SvidCache::default(),
+            key_ops: tokio::sync::Mutex::new(()),
         });
         Ok(Self {
             state,
@@ -152,10 +162,11 @@ impl Server {
         };
         let roots = self.state.keys().bundle.x509_authorities.clone();
         let tls_config = Arc::new(tls::server_config(Arc::clone(&self.server_cert), &roots)?);
+        let (acceptors, acceptor_rx) = watch::channel(TlsAcceptor::from(tls_config));
 
         let node =
             NodeServer::new(NodeApi { state: Arc::clone(&self.state) }).max_decoding_message_size(NODE_MAX_MESSAGE);
-        let incoming = tls_incoming(self.node_listener, TlsAcceptor::from(tls_config));
+        let incoming = tls_incoming(self.node_listener, acceptor_rx);
         let node_task = tokio::spawn(
             tonic::transport::Server::builder()
                 .layer(bad_input_layer())
@@ -194,11 +205,13 @@ impl Server {
             tokio::spawn(crate::audit::checkpoint_loop(Arc::clone(&self.state), self.state.config.checkpoint_every));
         let reload_task = tokio::spawn(reload_on_sighup(Arc::clone(&self.state)));
 
-        let renew_task = tokio::spawn(renew_server_cert(
+        let renew_task = tokio::spawn(follow_keys(
             Arc::clone(&self.state),
             Arc::clone(&self.server_cert),
             self.server_cert_not_after,
+            acceptors,
         ));
+        let rotate_task = tokio::spawn(crate::keys::rotate_loop(Arc::clone(&self.state)));
 
         tracing::info!(
             trust_domain = %self.state.td,
@@ -212,6 +225,7 @@ impl Server {
         let _ = stop_tx.send(true);
         self.state.shutdown.send_replace(true);
         renew_task.abort();
+        rotate_task.abort();
         checkpoint_task.abort();
         reload_task.abort();
         let drain = async {
@@ -239,7 +253,7 @@ fn bad_input_layer() -> MapResponseLayer<fn(http::Response<Body>) -> http::Respo
 /// so one slow client cannot hold up the others.
 fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptors: watch::Receiver<TlsAcceptor>,
 ) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -256,7 +270,8 @@ fn tls_incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
             }
-            let acceptor = acceptor.clone();
+            // The trust anchors for client certificates follow the bundle.
+            let acceptor = acceptors.borrow().clone();
             let handshakes = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -287,15 +302,53 @@ async fn reload_on_sighup(state: Arc<State>) {
     }
 }
 
-/// Renews the server's node-API certificate at half-life.
-async fn renew_server_cert(state: Arc<State>, cert: Arc<ServerCert>, mut not_after: std::time::SystemTime) {
+/// Follows key changes for the node API: a new active CA re-issues the
+/// server's certificate at once, and a changed set of CAs rebuilds the TLS
+/// configuration that checks agents' certificates. Between changes, the
+/// certificate is renewed at half its (possibly CA-capped) lifetime.
+async fn follow_keys(
+    state: Arc<State>,
+    cert: Arc<ServerCert>,
+    mut not_after: std::time::SystemTime,
+    acceptors: watch::Sender<TlsAcceptor>,
+) {
+    let mut keys = state.keys.subscribe();
+    let (mut ca_id, mut roots) = {
+        let k = keys.borrow_and_update();
+        (k.active_x509_id().to_owned(), k.bundle.x509_authorities.clone())
+    };
+    let mut issued = state.now();
     loop {
+        let half = not_after.duration_since(issued).unwrap_or_default() / 2;
+        let due = (issued + half).duration_since(state.now()).unwrap_or_default();
+        let renew = tokio::select! {
+            () = tokio::time::sleep(due.max(Duration::from_secs(1))) => true,
+            changed = keys.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let k = Arc::clone(&keys.borrow_and_update());
+                if k.bundle.x509_authorities != roots {
+                    roots = k.bundle.x509_authorities.clone();
+                    match tls::server_config(Arc::clone(&cert), &roots) {
+                        Ok(config) => {
+                            acceptors.send_replace(TlsAcceptor::from(Arc::new(config)));
+                            tracing::info!(authorities = roots.len(), "node API trust anchors updated");
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot rebuild the node API TLS configuration"),
+                    }
+                }
+                let new_ca = k.active_x509_id() != ca_id;
+                ca_id = k.active_x509_id().to_owned();
+                new_ca
+            }
+        };
+        if !renew {
+            continue;
+        }
         let now = state.now();
-        let remaining = not_after.duration_since(now).unwrap_or_default();
-        let wait = remaining.checked_sub(SERVER_SVID_TTL / 2).unwrap_or(Duration::from_secs(1));
-        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
-        match cert.renew(&state.keys().x509, &state.td, state.now()) {
-            Ok(t) => not_after = t,
+        match cert.renew(&state.keys().x509, &state.td, now) {
+            Ok(t) => (issued, not_after) = (now, t),
             Err(e) => {
                 tracing::error!(error = %e, "server certificate renewal failed; retrying in 30s");
                 tokio::time::sleep(Duration::from_secs(30)).await;

@@ -31,6 +31,9 @@ pub(crate) struct State {
     pub(crate) ceilings: Ceilings,
     /// Connector SVIDs already verified.
     pub(crate) svid_cache: crate::svid_cache::SvidCache,
+    /// Held across a change to the signing keys (rotation tick, forced
+    /// rotation, revocation), so two never interleave.
+    pub(crate) key_ops: tokio::sync::Mutex<()>,
 }
 
 impl State {

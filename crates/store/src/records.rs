@@ -73,6 +73,14 @@ pub struct KeyRecord {
     pub not_before: u64,
     /// Unix seconds after which the key is no longer used.
     pub not_after: u64,
+    /// Unix seconds from which it signs; `None` while it is only prepared
+    /// (published in the bundle, not yet signing). Records written before
+    /// rotation existed have none.
+    #[serde(default)]
+    pub activated_at: Option<u64>,
+    /// Unix seconds at which an operator revoked it: out of the bundle at once.
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
 }
 
 impl fmt::Debug for KeyRecord {
@@ -84,6 +92,8 @@ impl fmt::Debug for KeyRecord {
             .field("cert_der", &self.cert_der.as_ref().map(Vec::len))
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
+            .field("activated_at", &self.activated_at)
+            .field("revoked_at", &self.revoked_at)
             .finish()
     }
 }
@@ -220,6 +230,8 @@ mod tests {
             cert_der: None,
             not_before: 1,
             not_after: 2,
+            activated_at: None,
+            revoked_at: None,
         };
         let json = serde_json::to_value(&key).unwrap();
         assert_eq!(json["pkcs8"], "c2VjcmV0IGtleSBieXRlcw==");
@@ -228,6 +240,10 @@ mod tests {
         let with_cert = KeyRecord { cert_der: Some(vec![0x30, 0x82]), ..key.clone() };
         let json = serde_json::to_string(&with_cert).unwrap();
         assert_eq!(serde_json::from_str::<KeyRecord>(&json).unwrap(), with_cert);
+        // Records from before rotation existed read as never activated nor revoked.
+        let mut old = serde_json::to_value(&key).unwrap();
+        old.as_object_mut().unwrap().retain(|k, _| k != "activated_at" && k != "revoked_at");
+        assert_eq!(serde_json::from_value::<KeyRecord>(old).unwrap(), key);
         let debug = format!("{key:?}");
         assert!(!debug.contains("115, 101"), "{debug}");
         assert!(debug.contains("redacted"));

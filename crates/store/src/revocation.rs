@@ -51,6 +51,9 @@ pub enum RevocationKind {
     EntryDeleted,
     /// A node agent was banned; `subject` is its SPIFFE ID.
     AgentBanned,
+    /// A signing key was revoked; `subject` is its id (JWT `kid` or CA
+    /// serial). Verifiers stop trusting it before their next bundle refresh.
+    KeyRevoked,
 }
 
 /// What a risk report is about.

@@ -451,6 +451,10 @@ impl Store for SledStore {
         self.write(move |inner| inner.put_key(&key, audit)).await
     }
 
+    async fn revoke_key(&self, key: KeyRecord, at: u64, audit: AuditEvent) -> Result<Revocation> {
+        self.write(move |inner| inner.revoke_key(&key, at, audit)).await
+    }
+
     async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
         self.blocking(|inner| inner.list_all(TreeId::Keys)).await
     }

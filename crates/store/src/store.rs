@@ -212,6 +212,11 @@ pub trait Store: Send + Sync + 'static {
     /// event for one token (`subject` = `jti`), atomically with `audit`.
     async fn revoke_token(&self, jti: &str, at: u64, audit: AuditEvent) -> Result<Revocation>;
 
+    /// Writes `key` (marked revoked) and appends a
+    /// [`KeyRevoked`](crate::RevocationKind::KeyRevoked) event for it,
+    /// atomically with `audit`.
+    async fn revoke_key(&self, key: KeyRecord, at: u64, audit: AuditEvent) -> Result<Revocation>;
+
     /// Durable revocation events with `seq > after`, ascending, at most `limit`.
     async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>>;
 

@@ -13,7 +13,7 @@ use lanyard_jose::claims::{Audience, DEFAULT_LEEWAY_SECS, Registered, check_regi
 use lanyard_jose::{JoseError, VerifyingKey};
 use serde::Deserialize;
 
-use crate::error::VerifyError;
+use crate::error::{Revoked, VerifyError};
 use crate::revocation::RevocationState;
 
 /// The `typ` a task token carries.
@@ -203,12 +203,18 @@ impl View<'_> {
     ) -> Result<TaskTokenClaims, VerifyError> {
         self.check_fresh(now)?;
         let other_purpose = Cell::new(false);
+        let revoked_key = Cell::new(false);
         let verified = lanyard_jose::verify(token, None, |kid| {
+            if self.key_revoked(kid) {
+                revoked_key.set(true);
+                return None;
+            }
             let key = self.bundle.jwt_authorities.iter().find(|k| k.key.kid() == kid)?;
             other_purpose.set(key.purpose != JwtKeyPurpose::TaskToken);
             (key.purpose == JwtKeyPurpose::TaskToken).then_some(&key.key)
         })
         .map_err(|e| match e {
+            JoseError::UnknownKid(kid) if revoked_key.get() => VerifyError::Revoked(Revoked::Key(kid)),
             JoseError::UnknownKid(kid) if other_purpose.get() => VerifyError::NotTaskTokenKey(kid),
             e => from_jose(e),
         })?;
@@ -248,7 +254,14 @@ impl View<'_> {
     /// user not revoked either.
     pub fn jwt_svid(&self, token: &str, audience: &str, now: SystemTime) -> Result<VerifiedJwtSvid, VerifyError> {
         self.check_fresh(now)?;
-        let verified = lanyard_jose::verify(token, None, |kid| find_key(self.bundle, kid)).map_err(from_jose)?;
+        let verified = lanyard_jose::verify(token, None, |kid| match self.key_revoked(kid) {
+            true => None,
+            false => find_key(self.bundle, kid),
+        })
+        .map_err(|e| match e {
+            JoseError::UnknownKid(kid) if self.key_revoked(&kid) => VerifyError::Revoked(Revoked::Key(kid)),
+            e => from_jose(e),
+        })?;
         if verified.header.typ.as_deref().is_some_and(|t| !JWT_SVID_TYPS.contains(&t)) {
             return Err(VerifyError::WrongTyp(verified.header.typ));
         }
@@ -293,6 +306,12 @@ impl View<'_> {
             state.check_workload(info.spiffe_id.as_str(), issued_at).map_err(VerifyError::Revoked)?;
         }
         Ok(info.spiffe_id)
+    }
+
+    /// Whether the feed revoked key `kid`: it may still be in a bundle
+    /// fetched before the revocation.
+    fn key_revoked(&self, kid: &str) -> bool {
+        self.revocations.is_some_and(|state| state.check_key(kid).is_err())
     }
 
     /// Fails closed when the bundle or the revocation feed is too old.

@@ -676,3 +676,22 @@ fn an_svid_issued_after_its_entry_was_deleted_is_not_refused_for_the_backdate() 
     let error = view_with(&f, &state, f.now).x509_svid(std::slice::from_ref(&f.svid), f.now).unwrap_err();
     assert_eq!(error, VerifyError::Revoked(Revoked::EntryDeleted(CONNECTOR.into())));
 }
+
+#[test]
+fn a_token_signed_by_a_revoked_key_is_refused_while_the_key_is_still_in_the_bundle() {
+    let f = Fixture::new();
+    let task_kid = f.task_key.kid().to_owned();
+    let svid_kid = f.jwt_svid.kid().to_owned();
+    for kid in [&task_kid, &svid_kid] {
+        let state = revoked(&f, Snapshot { revoked_keys: vec![kid.clone()], ..Snapshot::default() });
+        let view = view_with(&f, &state, f.now);
+        let expected: Result<(), _> = Err(VerifyError::Revoked(Revoked::Key(kid.clone())));
+        if *kid == task_kid {
+            assert_eq!(view.task_token(&f.task_token(), &search(), f.now).map(|_| ()), expected);
+        } else {
+            assert_eq!(view.jwt_svid(&f.jwt_svid_token(&[AUDIENCE]), AUDIENCE, f.now).map(|_| ()), expected);
+            // Another key's tokens are unaffected.
+            view.task_token(&f.task_token(), &search(), f.now).unwrap();
+        }
+    }
+}

@@ -118,6 +118,10 @@ pub enum Revoked {
     /// The subject is a banned node agent.
     #[error("agent {0} is banned")]
     AgentBanned(String),
+    /// The key that signed it was revoked (it may still be in a bundle
+    /// fetched before).
+    #[error("signing key {0:?} revoked")]
+    Key(String),
     /// A blocking risk is open on the user, connector, agent or session
     /// (`user:alice`, `connector:spiffe://…`, …).
     #[error("open risk on {0}")]

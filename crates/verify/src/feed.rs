@@ -82,6 +82,8 @@ struct SnapshotClaims {
     banned_agents: Vec<String>,
     #[serde(default)]
     risks: Vec<SnapshotRisk>,
+    #[serde(default)]
+    revoked_keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +149,7 @@ pub fn verify_snapshot(jws: &str, bundle: &TrustBundle) -> Result<Snapshot, Feed
         deleted_entries: c.deleted_entries,
         banned_agents: c.banned_agents,
         blocking_risks: c.risks.into_iter().filter(|r| r.blocking.unwrap_or(true)).map(|r| r.subject).collect(),
+        revoked_keys: c.revoked_keys,
     })
 }
 

@@ -383,7 +383,13 @@ async fn follow(shared: &Shared, endpoint: &Endpoint, caught_up: bool) -> Result
     let mut applied = Ok(());
     for event in &page.events {
         match state.apply(event) {
-            Ok(true) => debug!(seq = event.seq, kind = ?event.kind, subject = %event.subject, "revocation applied"),
+            Ok(true) => {
+                debug!(seq = event.seq, kind = ?event.kind, subject = %event.subject, "revocation applied");
+                if event.kind == EventKind::KeyRevoked {
+                    // The bundle still holds it: fetch the one without it.
+                    shared.refresh_now.notify_one();
+                }
+            }
             Ok(false) => {}
             Err(e) => {
                 applied = Err(e);

@@ -46,6 +46,8 @@ pub enum EventKind {
     EntryDeleted,
     /// A node agent was banned.
     AgentBanned,
+    /// A signing key (`kid`, or CA serial) was revoked.
+    KeyRevoked,
     /// A kind this build does not know; only its `tasks` are applied.
     Other(String),
 }
@@ -61,6 +63,7 @@ impl EventKind {
             "token_revoked" => Self::TokenRevoked,
             "entry_deleted" => Self::EntryDeleted,
             "agent_banned" => Self::AgentBanned,
+            "key_revoked" => Self::KeyRevoked,
             other => Self::Other(other.to_owned()),
         }
     }
@@ -94,6 +97,8 @@ pub struct Snapshot {
     pub banned_agents: Vec<String>,
     /// Subjects of open risks that block.
     pub blocking_risks: Vec<String>,
+    /// Revoked signing keys (`kid`s and CA serials).
+    pub revoked_keys: Vec<String>,
 }
 
 /// What is revoked, as of event [`seq`](Self::seq), and how current that is.
@@ -113,6 +118,7 @@ pub struct RevocationState {
     deleted_entries: HashMap<String, u64>,
     banned_agents: HashSet<String>,
     blocking_risks: HashSet<String>,
+    revoked_keys: HashSet<String>,
 }
 
 impl RevocationState {
@@ -130,6 +136,7 @@ impl RevocationState {
             deleted_entries: s.deleted_entries.into_iter().map(|id| (id, s.at)).collect(),
             banned_agents: s.banned_agents.into_iter().collect(),
             blocking_risks: s.blocking_risks.into_iter().collect(),
+            revoked_keys: s.revoked_keys.into_iter().collect(),
         }
     }
 
@@ -161,6 +168,7 @@ impl RevocationState {
             EventKind::SessionRevoked => drop(self.revoked_sessions.insert(subject)),
             EventKind::TokenRevoked => drop(self.revoked_jtis.insert(subject)),
             EventKind::AgentBanned => drop(self.banned_agents.insert(subject)),
+            EventKind::KeyRevoked => drop(self.revoked_keys.insert(subject)),
             EventKind::EntryDeleted => {
                 let at = self.deleted_entries.entry(subject).or_insert(e.at);
                 *at = (*at).max(e.at);
@@ -203,6 +211,14 @@ impl RevocationState {
         self.check_risk(&["user:", &c.user.sub])?;
         self.check_risk(&["user:", &c.user.sub, "@", &c.user.iss])?;
         self.check_risk(&["session:", &c.sid])
+    }
+
+    /// Whether the signing key `kid` is revoked.
+    pub fn check_key(&self, kid: &str) -> Result<(), Revoked> {
+        match self.revoked_keys.contains(kid) {
+            true => Err(Revoked::Key(kid.to_owned())),
+            false => Ok(()),
+        }
     }
 
     /// Whether the token `jti` is revoked.

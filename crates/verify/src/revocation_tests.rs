@@ -155,16 +155,19 @@ fn a_snapshot_is_the_state_its_events_make() {
     let at = 5_000;
     let snapshot = Snapshot {
         at,
-        as_of: 6,
+        as_of: 7,
         ended_tasks: vec!["t1".into()],
         revoked_sessions: vec!["s9".into()],
         revoked_jtis: vec!["j1".into()],
         deleted_entries: vec![CONNECTOR.into()],
         banned_agents: vec![AGENT.into()],
         blocking_risks: vec!["user:bob".into()],
+        revoked_keys: vec!["kid-1".into()],
     };
     let from_snapshot = RevocationState::from_snapshot(snapshot);
-    assert_eq!((from_snapshot.seq(), from_snapshot.current_at()), (6, Some(at)));
+    assert_eq!((from_snapshot.seq(), from_snapshot.current_at()), (7, Some(at)));
+    assert_eq!(from_snapshot.check_key("kid-1"), Err(Revoked::Key("kid-1".into())));
+    assert_eq!(from_snapshot.check_key("kid-2"), Ok(()));
 
     let kinds = [
         (EventKind::TaskEnded, "t1"),
@@ -173,11 +176,12 @@ fn a_snapshot_is_the_state_its_events_make() {
         (EventKind::EntryDeleted, CONNECTOR),
         (EventKind::AgentBanned, AGENT),
         (EventKind::RiskRaised, "user:bob"),
+        (EventKind::KeyRevoked, "kid-1"),
     ];
     let events: Vec<_> =
         (1..).zip(kinds).map(|(seq, (kind, subject))| RevocationEvent { at, ..event(seq, kind, subject) }).collect();
     let mut replayed = applied(&events);
-    assert!(replayed.observe(Heartbeat { at, head: 6 }));
+    assert!(replayed.observe(Heartbeat { at, head: 7 }));
     assert_eq!(from_snapshot, replayed);
 
     // The snapshot's time stands in for the deletion time.
@@ -185,10 +189,10 @@ fn a_snapshot_is_the_state_its_events_make() {
     assert_eq!(from_snapshot.check_workload(CONNECTOR, at + 1), Ok(()));
     // And the feed continues after it.
     let mut state = from_snapshot;
-    assert!(!state.apply(&event(6, EventKind::TaskEnded, "t6")).unwrap());
-    assert!(matches!(state.apply(&event(8, EventKind::TaskEnded, "t8")), Err(FeedError::Gap { expected: 7, .. })));
-    assert!(state.apply(&event(7, EventKind::TaskEnded, "t7")).unwrap());
-    assert_eq!(state.check_task_token(&claims("t7", at + 1)), Err(Revoked::Task("t7".into())));
+    assert!(!state.apply(&event(7, EventKind::TaskEnded, "t7")).unwrap());
+    assert!(matches!(state.apply(&event(9, EventKind::TaskEnded, "t9")), Err(FeedError::Gap { expected: 8, .. })));
+    assert!(state.apply(&event(8, EventKind::TaskEnded, "t8")).unwrap());
+    assert_eq!(state.check_task_token(&claims("t8", at + 1)), Err(Revoked::Task("t8".into())));
 }
 
 #[test]

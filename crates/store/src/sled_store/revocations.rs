@@ -12,7 +12,7 @@ use super::tasks::draft;
 use super::{Inner, lock};
 use crate::audit::AuditEvent;
 use crate::error::{Result, StoreError};
-use crate::records::AgentRecord;
+use crate::records::{AgentRecord, KeyRecord};
 use crate::revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject, risk_rank};
 
 impl Inner {
@@ -86,6 +86,14 @@ impl Inner {
         let mut log = lock(&self.chain);
         let revocation = draft(RevocationKind::TokenRevoked, at, jti.to_owned(), vec![]);
         self.apply_revocation(&mut log, Batch::default(), revocation, event)
+    }
+
+    pub(super) fn revoke_key(&self, key: &KeyRecord, at: u64, event: AuditEvent) -> Result<Revocation> {
+        let mut log = lock(&self.chain);
+        let mut batch = Batch::default();
+        batch.put(TreeId::Keys, key.id.as_bytes(), key)?;
+        let revocation = draft(RevocationKind::KeyRevoked, at, key.id.clone(), vec![]);
+        self.apply_revocation(&mut log, batch, revocation, event)
     }
 
     pub(super) fn ban_agent(&self, id: &SpiffeId, at: u64, event: AuditEvent) -> Result<AgentRecord> {

@@ -422,6 +422,8 @@ async fn reopening_keeps_everything() {
         cert_der: None,
         not_before: 1,
         not_after: 2,
+        activated_at: Some(1),
+        revoked_at: None,
     };
     store.put_key(key.clone(), event("key.put")).await.unwrap();
     let head = store.verify_audit_chain().await.unwrap();
@@ -469,6 +471,8 @@ async fn agents_and_keys() {
         cert_der: Some(vec![0x30, 0x82]),
         not_before: 1,
         not_after: 2,
+        activated_at: Some(1),
+        revoked_at: None,
     };
     store.put_key(key.clone(), event("key.put")).await.unwrap();
     assert_eq!(store.list_keys().await.unwrap(), vec![key]);

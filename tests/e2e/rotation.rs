@@ -1,0 +1,190 @@
+//! Signing key rotation with real processes and short key lifetimes: every
+//! new CA reaches workloads before anything is signed by it, nothing fails
+//! to validate across rotations, and `ca rotate` / `ca revoke` act at once.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use lanyard_ca::svid::{Usage, verify_chain};
+use lanyard_verify::{Endpoint, Expect, Verifier, VerifierConfig};
+use serde_json::Value;
+use spiffe::WorkloadApiClient;
+use tokio_stream::StreamExt as _;
+
+use crate::harness::{GITHUB, SEARCH, SVID_TIMEOUT, TaskRig, TaskSpec, eventually_async, spiffe_id, wait_served};
+
+/// Key lifetimes short enough for two rotations in a test.
+const LIFETIME: &str = "12s";
+
+fn keys(rig: &TaskRig) -> Vec<Value> {
+    let listed: Value = serde_json::from_str(&rig.server.admin_ok(&["ca", "show", "--output", "json"])).unwrap();
+    listed["keys"].as_array().unwrap().clone()
+}
+
+/// The CA certificate (of `roots`) that signed `chain`'s leaf.
+fn signer(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Vec<u8> {
+    let now = SystemTime::now();
+    let mut found = roots.iter().filter(|r| verify_chain(chain, std::slice::from_ref(r), now, Usage::Client).is_ok());
+    found.next().expect("one of the roots signed the leaf").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rotations_without_a_failed_validation() {
+    let rig = TaskRig::start_with_bundle(&["--ca-ttl", LIFETIME, "--jwt-key-ttl", LIFETIME], &[]);
+    // This test process is a workload watching its X.509 context stream.
+    let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    let id = spiffe_id("rotation/watcher");
+    rig.server.create_entry(&id, &rig.agent.spiffe_id(), &[&format!("unix:path:{}", me.display())], &[]);
+    wait_served(&rig.agent, &id, SVID_TIMEOUT).await;
+    let client = eventually_async(SVID_TIMEOUT, "the spiffe client to connect", async || {
+        WorkloadApiClient::connect_to(rig.agent.endpoint()).await
+    })
+    .await;
+    let mut contexts = client.stream_x509_contexts().await.unwrap();
+    let url = rig.server.bundle_url();
+    let verifier =
+        Verifier::start(Endpoint::new(&url, &[]).unwrap(), VerifierConfig::default().issuer(&url)).await.unwrap();
+    let task = rig.begin(&TaskSpec::default());
+
+    // Every CA seen in a bundle so far, and every CA that signed an SVID.
+    let mut announced: HashSet<Vec<u8>> = HashSet::new();
+    let mut signers: Vec<Vec<u8>> = Vec::new();
+    let mut previous: Option<(Vec<Vec<u8>>, SystemTime)> = None;
+    let mut task_token_kids = HashSet::new();
+    let (mut updates, mut tokens) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(27);
+    let mut next_token = Instant::now();
+    while Instant::now() < deadline {
+        let update = tokio::time::timeout(Duration::from_millis(250), contexts.next()).await;
+        if let Ok(update) = update {
+            let context = update.expect("the stream stays open").expect("a valid X.509 context");
+            updates += 1;
+            let td = spiffe::TrustDomain::new(crate::harness::TD).unwrap();
+            let roots: Vec<Vec<u8>> =
+                context.bundle_set().get(&td).unwrap().authorities().iter().map(|c| c.as_bytes().to_vec()).collect();
+            let svid = context.default_svid().unwrap();
+            let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
+            let now = SystemTime::now();
+            verify_chain(&chain, &roots, now, Usage::Client)
+                .expect("each SVID verifies against the bundle it came with");
+            let by = signer(&chain, &roots);
+            if !signers.contains(&by) {
+                assert!(
+                    signers.is_empty() || announced.contains(&by),
+                    "an SVID signed by a CA no earlier update had published"
+                );
+                signers.push(by);
+            }
+            // The SVID held until now still verifies against the new bundle.
+            if let Some((old, not_after)) = &previous
+                && now < *not_after
+            {
+                verify_chain(old, &roots, now, Usage::Client).expect("the previous SVID against the new bundle");
+            }
+            let leaf = lanyard_ca::svid::inspect_leaf(&chain[0]).unwrap();
+            previous = Some((chain, leaf.not_after));
+            announced.extend(roots);
+        }
+        // About every second, a task token through the agent, checked by a
+        // verifier that knows keys only from the bundle endpoint.
+        if Instant::now() >= next_token {
+            next_token = Instant::now() + Duration::from_secs(1);
+            let token = rig.token(&task, GITHUB, &[SEARCH], "read");
+            task_token_kids.insert(crate::harness::jws_part(&token, 0)["kid"].as_str().unwrap().to_owned());
+            verifier
+                .task_token(&token, &Expect::audience(GITHUB).tool(SEARCH))
+                .unwrap_or_else(|e| panic!("a fresh task token refused during rotation: {e}"));
+            tokens += 1;
+        }
+    }
+    assert!(signers.len() >= 3, "two CA rotations in {updates} updates: {} signers", signers.len());
+    assert!(task_token_kids.len() >= 3, "two task-token key rotations in {tokens} tokens: {task_token_kids:?}");
+    // The server says the same: three or more of each kind, one active each.
+    let listed = keys(&rig);
+    for kind in ["x509-ca", "jwt-svid", "task-token"] {
+        let of_kind: Vec<&Value> = listed.iter().filter(|k| k["kind"] == kind).collect();
+        assert!(of_kind.len() >= 3, "{kind}: {of_kind:?}");
+        assert_eq!(of_kind.iter().filter(|k| k["phase"] == "active").count(), 1, "{kind}: {of_kind:?}");
+    }
+    // The agent was never cut off: it still answers with a current SVID.
+    let served = wait_served(&rig.agent, &id, SVID_TIMEOUT).await;
+    assert!(served.leaf.not_after > SystemTime::now());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotate_and_revoke_take_effect_at_once() {
+    let rig = TaskRig::start_with_bundle(&[], &[]);
+    let url = rig.server.bundle_url();
+    let verifier =
+        Verifier::start(Endpoint::new(&url, &[]).unwrap(), VerifierConfig::default().issuer(&url)).await.unwrap();
+    let task = rig.begin(&TaskSpec::default());
+    let before = rig.token(&task, GITHUB, &[SEARCH], "read");
+    let old_kid = crate::harness::jws_part(&before, 0)["kid"].as_str().unwrap().to_owned();
+
+    // Forced rotation of the task-token key: the next token has a new kid,
+    // the old key stays published (retired) so the earlier token still verifies.
+    let out = rig.server.admin_ok(&["ca", "rotate", "--kind", "task-token", "--output", "json"]);
+    let rotated: Value = serde_json::from_str(&out).unwrap();
+    let phase_of = |list: &Value, id: &str| {
+        list["keys"].as_array().unwrap().iter().find(|k| k["id"] == id).map(|k| k["phase"].clone())
+    };
+    assert_eq!(phase_of(&rotated, &old_kid), Some("retired".into()), "{rotated}");
+    let after = rig.token(&task, GITHUB, &[SEARCH], "read");
+    let new_kid = crate::harness::jws_part(&after, 0)["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, old_kid);
+    let expect = Expect::audience(GITHUB).tool(SEARCH);
+    // The verifier learns the new key on first sight of its kid (an early refresh).
+    eventually_async(Duration::from_secs(5), "the verifier to accept the new key", async || {
+        verifier.task_token(&after, &expect)
+    })
+    .await;
+    verifier.task_token(&before, &expect).expect("a token of the retired key");
+
+    // Revoking the old key: the feed tells verifiers at once (the key is
+    // still in the bundle they hold), then it leaves their bundle too.
+    let seq = verifier.revocation_seq();
+    let out = rig.server.admin_ok(&["ca", "revoke", &old_kid, "--output", "json"]);
+    let revoked: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(phase_of(&revoked, &old_kid), Some("revoked".into()), "{revoked}");
+    tokio::time::timeout(Duration::from_secs(1), verifier.wait_for_seq(seq + 1)).await.unwrap();
+    assert_eq!(
+        verifier.task_token(&before, &expect).unwrap_err(),
+        lanyard_verify::VerifyError::Revoked(lanyard_verify::Revoked::Key(old_kid.clone()))
+    );
+    eventually_async(Duration::from_secs(5), "the revoked key to leave the verifier's bundle", async || {
+        let bundle = verifier.bundle();
+        match bundle.bundle.jwt_authorities.iter().any(|k| k.key.kid() == old_kid) {
+            false => Ok(()),
+            true => Err("still there"),
+        }
+    })
+    .await;
+    verifier.task_token(&after, &expect).expect("tokens of the active key still pass");
+
+    // Revoking the active key activates a new one at once.
+    let out = rig.server.admin_ok(&["ca", "revoke", &new_kid, "--output", "json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let active: Vec<&Value> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "task-token" && k["phase"] == "active")
+        .collect();
+    assert_eq!(active.len(), 1, "{listed}");
+    assert_ne!(active[0]["id"], new_kid.as_str());
+    let third = rig.token(&task, GITHUB, &[SEARCH], "read");
+    assert_eq!(crate::harness::jws_part(&third, 0)["kid"], active[0]["id"]);
+
+    // Bad input: one readable line, non-zero exit.
+    for (args, why) in [
+        (&["ca", "revoke", "no-such-key"][..], "no key with id"),
+        (&["ca", "revoke", &old_kid][..], "already revoked"),
+        (&["ca", "rotate", "--kind", "rsa"][..], "expected x509-ca, jwt-svid or task-token"),
+    ] {
+        let out = rig.server.admin(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+}
