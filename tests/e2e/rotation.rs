@@ -188,3 +188,42 @@ async fn ca_rotate_and_revoke_take_effect_at_once() {
         assert!(stderr.contains(why), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_ca_re_mints_every_svid_it_signed_at_once() {
+    let rig = TaskRig::start(&[], &[]);
+    let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    let id = spiffe_id("rotation/revoked-ca");
+    rig.server.create_entry(&id, &rig.agent.spiffe_id(), &[&format!("unix:path:{}", me.display())], &[]);
+    let before = wait_served(&rig.agent, &id, SVID_TIMEOUT).await;
+    let old_ca = keys(&rig).into_iter().find(|k| k["kind"] == "x509-ca" && k["phase"] == "active").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    rig.server.admin_ok(&["ca", "revoke", &old_ca]);
+    let roots = lanyard_ca::bundle::parse_pem(&rig.server.bundle_pem(), "CERTIFICATE").unwrap();
+    assert_eq!(roots.len(), 1, "only the new CA is published");
+    // The SVID the old CA signed (its lifetime is an hour) is replaced within
+    // one sync, by one the new bundle vouches for.
+    let started = Instant::now();
+    let socket = rig.agent.socket();
+    let leaf_der = eventually_async(Duration::from_secs(10), "an SVID from the new CA", async || {
+        let response = crate::harness::fetch_x509(&socket).await.map_err(|e| e.to_string())?;
+        let ours = response.svids.iter().find(|s| s.spiffe_id == id).ok_or("not served")?;
+        let parsed = spiffe::X509Svid::parse_from_der(&ours.x509_svid, &ours.x509_svid_key).unwrap();
+        let leaf = parsed.leaf().as_bytes().to_vec();
+        match lanyard_ca::svid::inspect_leaf(&leaf).unwrap().serial != before.leaf.serial {
+            true => Ok(leaf),
+            false => Err("still the old SVID".to_owned()),
+        }
+    })
+    .await;
+    eprintln!("re-minted {:?} after the revocation", started.elapsed());
+    verify_chain(&[leaf_der], &roots, SystemTime::now(), Usage::Client).expect("the new SVID chains to the new bundle");
+    // The agent itself renewed and reconnected: workloads still get new credentials.
+    let task = rig.begin(&TaskSpec::default());
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+    let agent_log = std::fs::read_to_string(rig.agent.log()).unwrap();
+    assert!(agent_log.contains("agent SVID renewed"), "the agent renewed its own SVID");
+}

@@ -94,6 +94,8 @@ impl Agent {
             client: client_tx,
             server_index: 0,
             retry_at: None,
+            remint: std::collections::HashSet::new(),
+            renew_now: false,
         };
         let supervisor_task = tokio::spawn(supervisor.run());
         let api = WorkloadApi {

@@ -41,6 +41,12 @@ pub(crate) struct Supervisor {
     pub(crate) client: ClientWatch,
     pub(crate) server_index: usize,
     pub(crate) retry_at: Option<SystemTime>,
+    /// Entries whose SVID no longer chains to the bundle (its CA was
+    /// revoked): re-minted at the next chance, whatever their age.
+    pub(crate) remint: std::collections::HashSet<EntryId>,
+    /// The agent's own SVID no longer chains to the bundle: renew it over
+    /// the connection that is still open.
+    pub(crate) renew_now: bool,
 }
 
 /// A sync update being received in several messages.
@@ -93,6 +99,13 @@ impl Supervisor {
                         .ok_or_else(|| AgentError::Protocol("server closed the sync stream".into()))?;
                     if self.accept(message, &mut pending)? {
                         backoff.reset();
+                        if self.renew_now {
+                            // Our certificate's CA left the bundle: renew while
+                            // this connection (made before) still stands.
+                            self.renew_agent(&mut client).await?;
+                            self.renew_now = false;
+                            return Ok(());
+                        }
                         self.mint_due(&mut client).await?;
                     }
                 }
@@ -141,6 +154,20 @@ impl Supervisor {
             identity::save_bundle(&self.data_dir, &proto)?;
             self.roots = bundle.x509_authorities.clone();
             snap.bundle = Some(Arc::new(bundle));
+            // A CA that left the bundle early was revoked: whatever it
+            // signed is re-minted now rather than at its rotation time.
+            let now = SystemTime::now();
+            let vouched = |leaf: &[u8]| svid::verify_chain(&[leaf.to_vec()], &self.roots, now, Usage::Client).is_ok();
+            for (id, s) in &snap.svids {
+                if !vouched(&s.leaf_der) {
+                    tracing::warn!(entry = %id, serial = %s.serial, "SVID's CA left the bundle; re-minting");
+                    self.remint.insert(id.clone());
+                }
+            }
+            if !self.identity.chain.first().is_some_and(|leaf| vouched(leaf)) {
+                tracing::warn!("agent SVID's CA left the bundle; renewing now");
+                self.renew_now = true;
+            }
         }
         if update.snapshot {
             snap.entries.clear();
@@ -208,6 +235,7 @@ impl Supervisor {
             .values()
             .filter(|e| !e.is_expired(unix_secs(now)))
             .filter(|e| match self.snapshot.svids.get(&e.id) {
+                _ if self.remint.contains(&e.id) => true,
                 None => true,
                 Some(s) => {
                     s.entry_revision != e.revision || rotation::should_rotate(now, s.issued_at, s.not_after, s.jitter)
@@ -256,6 +284,7 @@ impl Supervisor {
             match self.check_svid(entry, &result.svid_chain, &csr_der) {
                 Ok(svid) => {
                     tracing::debug!(entry = %entry.id, serial = %svid.serial, "SVID minted");
+                    self.remint.remove(&entry.id);
                     self.snapshot.svids.insert(entry.id.clone(), Arc::new(CachedSvid { key, ..svid }));
                 }
                 Err(e) => {
