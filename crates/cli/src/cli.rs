@@ -465,6 +465,10 @@ pub(crate) struct ServerRun {
     /// Lifetime of agent SVIDs.
     #[arg(long, default_value = "1h")]
     pub(crate) agent_ttl: Ttl,
+    /// Key-encryption key (a 0600 file: 32 bytes raw, hex or base64): every
+    /// private signing key in the store is sealed with it (AES-256-GCM).
+    #[arg(long, value_name = "FILE", env = "LANYARD_KEK_FILE")]
+    pub(crate) kek_file: Option<PathBuf>,
     /// Lifetime of each X.509 CA; a successor is published at half of it and
     /// signs from two thirds.
     #[arg(long, default_value = "24h", value_parser = lanyard_core::parse_duration)]

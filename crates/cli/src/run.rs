@@ -41,6 +41,7 @@ pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     config.bundle_tls = args.bundle_tls_cert.zip(args.bundle_tls_key);
     config.agent_svid_ttl = args.agent_ttl;
     config.ca_ttl = args.ca_ttl;
+    config.kek_file = args.kek_file;
     config.jwt_key_ttl = args.jwt_key_ttl;
     config.policy_dir = args.policy;
     config.checkpoint_every = args.checkpoint_every;

@@ -247,6 +247,7 @@ impl Admin for AdminApi {
                 kind,
                 state.now(),
                 state.config.lifetimes(),
+                state.kek.as_ref(),
                 &actor,
             )
             .await

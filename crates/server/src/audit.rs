@@ -104,11 +104,16 @@ pub(crate) fn sign_checkpoint(
 pub async fn store_checkpoint_keys(store: &dyn Store) -> Result<Vec<VerifyingKey>, StoreError> {
     let mut keys = Vec::new();
     for record in store.list_keys().await? {
-        if record.kind == KeyKind::JwtSvid
-            && let Ok(key) = lanyard_jose::SigningKey::from_pkcs8(&record.pkcs8)
-        {
-            keys.push(key.verifying_key());
+        if record.kind != KeyKind::JwtSvid {
+            continue;
         }
+        // The public half, readable without the KEK; older records have
+        // only the private key, in the clear.
+        let key = match &record.public_der {
+            Some(spki) => VerifyingKey::from_spki_der(spki).ok(),
+            None => lanyard_jose::SigningKey::from_pkcs8(&record.pkcs8).ok().map(|k| k.verifying_key()),
+        };
+        keys.extend(key);
     }
     Ok(keys)
 }

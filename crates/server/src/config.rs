@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub ca_ttl: Duration,
     /// Lifetime of each JWT-SVID and task-token key; rotated the same way.
     pub jwt_key_ttl: Duration,
+    /// A file holding the key-encryption key that seals private keys at rest.
+    pub kek_file: Option<PathBuf>,
     /// Lifetime of agent SVIDs.
     pub agent_svid_ttl: Ttl,
     /// X.509-SVID lifetime for entries that do not set one.
@@ -56,6 +58,7 @@ impl ServerConfig {
             bundle_tls: None,
             ca_ttl: Duration::from_secs(86_400),
             jwt_key_ttl: Duration::from_secs(86_400),
+            kek_file: None,
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,
             default_jwt_ttl: Ttl::FIVE_MINUTES,

@@ -157,6 +157,7 @@ mod tests {
             kind,
             pkcs8: vec![],
             cert_der: None,
+            public_der: None,
             not_before,
             not_after: not_before + L,
             activated_at,

@@ -14,6 +14,7 @@ use lanyard_store::{AuditEvent, KeyKind, KeyRecord, Store};
 use tokio::sync::watch;
 
 use crate::StartError;
+use crate::kek::{self, Kek};
 use crate::key_lifecycle::{self, KINDS, Phase, Step};
 
 /// How often relying parties are told to refresh the bundle, at most.
@@ -82,6 +83,7 @@ pub(crate) async fn reconcile(
     td: &TrustDomain,
     now: SystemTime,
     lifetimes: Lifetimes,
+    kek: Option<&Kek>,
 ) -> Result<Keys, StartError> {
     let now_s = unix_secs(now);
     for kind in KINDS {
@@ -92,10 +94,10 @@ pub(crate) async fn reconcile(
             let Some(step) = key_lifecycle::plan(&records, kind, now_s, lifetimes.of(kind).as_secs()) else {
                 break;
             };
-            take_step(store, td, &records, kind, step, now, lifetimes).await?;
+            take_step(store, td, &records, kind, step, now, lifetimes, kek).await?;
         }
     }
-    build(td, &store.list_keys().await?, now_s, lifetimes.refresh_hint())
+    build(td, &store.list_keys().await?, now_s, lifetimes.refresh_hint(), kek)
 }
 
 /// Forces a new active key of `kind` now: the prepared one if there is one,
@@ -106,6 +108,7 @@ pub(crate) async fn rotate_now(
     kind: KeyKind,
     now: SystemTime,
     lifetimes: Lifetimes,
+    kek: Option<&Kek>,
     actor: &str,
 ) -> Result<(), StartError> {
     let records = store.list_keys().await?;
@@ -120,9 +123,10 @@ pub(crate) async fn rotate_now(
         _ => Step::CreateActive,
     };
     tracing::info!(kind = kind_label(kind), %actor, ?step, "forced key rotation");
-    take_step(store, td, &records, kind, step, now, lifetimes).await
+    take_step(store, td, &records, kind, step, now, lifetimes, kek).await
 }
 
+#[expect(clippy::too_many_arguments, reason = "one step of the plan, with everything it may need")]
 async fn take_step(
     store: &dyn Store,
     td: &TrustDomain,
@@ -131,6 +135,7 @@ async fn take_step(
     step: Step,
     now: SystemTime,
     lifetimes: Lifetimes,
+    kek: Option<&Kek>,
 ) -> Result<(), StartError> {
     let now_s = unix_secs(now);
     // Activation times order the keys of a kind: a key activated in the same
@@ -144,7 +149,7 @@ async fn take_step(
     match step {
         Step::CreateActive | Step::Prepare => {
             let activated_at = (step == Step::CreateActive).then_some(activation);
-            let record = generate(td, kind, now, lifetimes.of(kind), activated_at)?;
+            let record = seal(generate(td, kind, now, lifetimes.of(kind), activated_at)?, kek)?;
             let what = if activated_at.is_some() { "key.create" } else { "key.prepare" };
             tracing::info!(kind = kind_label(kind), id = %record.id, what, "signing key created");
             let audit = key_audit(now_s, what, kind, &record.id);
@@ -195,6 +200,43 @@ pub(crate) enum RevokeError {
     Store(#[from] StartError),
 }
 
+/// `record` with its private key sealed under `kek`, when there is one.
+fn seal(record: KeyRecord, kek: Option<&Kek>) -> Result<KeyRecord, StartError> {
+    match kek {
+        None => Ok(record),
+        Some(kek) => {
+            let pkcs8 = kek.seal(&record.id, &record.pkcs8).map_err(|e| StartError::Keys(e.to_string()))?;
+            Ok(KeyRecord { pkcs8, ..record })
+        }
+    }
+}
+
+/// At start: with a KEK, seals every private key still stored in the clear
+/// (a store from before the KEK was set) and records the public half of JWT
+/// keys; without one, warns when keys are in the clear.
+pub(crate) async fn seal_at_rest(store: &dyn Store, kek: Option<&Kek>, now: SystemTime) -> Result<(), StartError> {
+    let records = store.list_keys().await?;
+    let Some(kek) = kek else {
+        if records.iter().any(|r| !kek::is_sealed(&r.pkcs8)) {
+            tracing::warn!("signing keys are stored unencrypted: give the server a KEK (--kek-file) to seal them");
+        }
+        return Ok(());
+    };
+    for record in records.into_iter().filter(|r| !kek::is_sealed(&r.pkcs8)) {
+        let public_der = match (&record.public_der, record.kind) {
+            (None, KeyKind::JwtSvid | KeyKind::TaskToken) => Some(
+                JwtAuthority::from_parts(&record.pkcs8, from_unix_secs(record.not_after))?.verifying_key().spki_der(),
+            ),
+            (known, _) => known.clone(),
+        };
+        let (id, kind) = (record.id.clone(), record.kind);
+        let sealed = seal(KeyRecord { public_der, ..record }, Some(kek))?;
+        store.put_key(sealed, key_audit(unix_secs(now), "key.seal", kind, &id)).await?;
+        tracing::info!(%id, kind = kind_label(kind), "signing key sealed under the KEK");
+    }
+    Ok(())
+}
+
 /// A new key of `kind`, as a store record.
 fn generate(
     td: &TrustDomain,
@@ -214,6 +256,7 @@ fn generate(
                 kind,
                 pkcs8: ca.pkcs8_der(),
                 cert_der: Some(ca.cert_der().to_vec()),
+                public_der: None,
                 not_before: now_s,
                 not_after: unix_secs(ca.not_after()),
                 activated_at,
@@ -227,6 +270,7 @@ fn generate(
                 kind,
                 pkcs8: key.pkcs8_der().to_vec(),
                 cert_der: None,
+                public_der: Some(key.verifying_key().spki_der()),
                 not_before: now_s,
                 not_after: unix_secs(key.not_after()),
                 activated_at,
@@ -237,16 +281,28 @@ fn generate(
 }
 
 /// The active keys and the bundle of every published one.
-fn build(td: &TrustDomain, records: &[KeyRecord], now: u64, refresh_hint: Duration) -> Result<Keys, StartError> {
+fn build(
+    td: &TrustDomain,
+    records: &[KeyRecord],
+    now: u64,
+    refresh_hint: Duration,
+    kek: Option<&Kek>,
+) -> Result<Keys, StartError> {
     let active = |kind| {
         key_lifecycle::active(records, kind, now)
             .ok_or_else(|| StartError::Keys(format!("no active {} key", kind_label(kind))))
     };
-    let jwt_key = |r: &KeyRecord| JwtAuthority::from_parts(&r.pkcs8, from_unix_secs(r.not_after));
+    let private = |r: &KeyRecord| kek::unseal(kek, &r.id, &r.pkcs8).map_err(|e| StartError::Keys(e.to_string()));
+    let jwt_key =
+        |r: &KeyRecord| Ok::<_, StartError>(JwtAuthority::from_parts(&private(r)?, from_unix_secs(r.not_after))?);
+    let public_key = |r: &KeyRecord| match &r.public_der {
+        Some(spki) => lanyard_jose::VerifyingKey::from_spki_der(spki).map_err(|e| StartError::Keys(e.to_string())),
+        None => Ok(jwt_key(r)?.verifying_key()),
+    };
     let x509_record = active(KeyKind::X509Ca)?;
     let cert =
         x509_record.cert_der.clone().ok_or_else(|| StartError::Keys("stored CA key has no certificate".into()))?;
-    let x509 = X509Authority::from_parts(cert, &x509_record.pkcs8)?;
+    let x509 = X509Authority::from_parts(cert, &private(x509_record)?)?;
     let jwt_record = active(KeyKind::JwtSvid)?;
     let task_record = active(KeyKind::TaskToken)?;
     let (jwt, task_tokens) = (jwt_key(jwt_record)?, jwt_key(task_record)?);
@@ -262,11 +318,7 @@ fn build(td: &TrustDomain, records: &[KeyRecord], now: u64, refresh_hint: Durati
             KeyKind::JwtSvid | KeyKind::TaskToken => {
                 let purpose =
                     if r.kind == KeyKind::TaskToken { JwtKeyPurpose::TaskToken } else { JwtKeyPurpose::JwtSvid };
-                jwt_authorities.push(JwtAuthorityKey {
-                    key: jwt_key(r)?.verifying_key(),
-                    expires_at: r.not_after,
-                    purpose,
-                });
+                jwt_authorities.push(JwtAuthorityKey { key: public_key(r)?, expires_at: r.not_after, purpose });
             }
         }
     }
@@ -300,7 +352,8 @@ pub(crate) async fn rotate_loop(state: Arc<crate::state::State>) {
 /// One rotation pass; publishes the keys when they changed. Callers hold
 /// `state.key_ops`.
 pub(crate) async fn refresh(state: &crate::state::State) -> Result<(), StartError> {
-    let mut keys = reconcile(state.store.as_ref(), &state.td, state.now(), state.config.lifetimes()).await?;
+    let kek = state.kek.as_ref();
+    let mut keys = reconcile(state.store.as_ref(), &state.td, state.now(), state.config.lifetimes(), kek).await?;
     let current = state.keys();
     if keys.fingerprint != current.fingerprint {
         // Two changes within one second: the sequence still moves on.

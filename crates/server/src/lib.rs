@@ -34,6 +34,7 @@ mod config;
 mod convert;
 pub mod feed;
 mod https;
+mod kek;
 mod key_lifecycle;
 mod keys;
 mod limits;

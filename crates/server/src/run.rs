@@ -94,7 +94,12 @@ impl Server {
                 MIN_KEY_LIFETIME.as_secs()
             )));
         }
-        let keys = keys::reconcile(store.as_ref(), &td, clock.now(), config.lifetimes()).await?;
+        let kek = match &config.kek_file {
+            Some(path) => Some(crate::kek::Kek::from_file(path).map_err(|e| StartError::Config(e.to_string()))?),
+            None => None,
+        };
+        keys::seal_at_rest(store.as_ref(), kek.as_ref(), clock.now()).await?;
+        let keys = keys::reconcile(store.as_ref(), &td, clock.now(), config.lifetimes(), kek.as_ref()).await?;
         let (server_cert, server_cert_not_after) = ServerCert::new(&keys.x509, &td, clock.now())?;
         let node_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
         let bundle_listener = match config.bundle_listen {
@@ -127,6 +132,7 @@ impl Server {
             ceilings,
             svid_cache: crate::svid_cache::SvidCache::default(),
             key_ops: tokio::sync::Mutex::new(()),
+            kek,
         });
         Ok(Self {
             state,

@@ -34,6 +34,8 @@ pub(crate) struct State {
     /// Held across a change to the signing keys (rotation tick, forced
     /// rotation, revocation), so two never interleave.
     pub(crate) key_ops: tokio::sync::Mutex<()>,
+    /// Seals private keys in the store, when configured.
+    pub(crate) kek: Option<crate::kek::Kek>,
 }
 
 impl State {

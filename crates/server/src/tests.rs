@@ -575,3 +575,84 @@ async fn the_bundle_endpoint_serves_https_when_given_a_certificate() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// Every stored private key: whether it is sealed, and its PKCS#8 (opened).
+async fn private_keys(data: &Path, kek: Option<&crate::kek::Kek>) -> Vec<(bool, Vec<u8>)> {
+    use lanyard_store::Store as _;
+    let store = lanyard_store::SledStore::open(data).unwrap();
+    let records = store.list_keys().await.unwrap();
+    assert_eq!(records.len(), 3, "an X.509 CA, a JWT-SVID key and a task-token key");
+    records
+        .iter()
+        .map(|r| (crate::kek::is_sealed(&r.pkcs8), crate::kek::unseal(kek, &r.id, &r.pkcs8).unwrap()))
+        .collect()
+}
+
+/// Whether `key` is in some file under `dir`, raw or in the base64 the
+/// store's JSON records use.
+fn in_the_clear(dir: &Path, key: &[u8]) -> bool {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    contains_bytes(dir, key) || contains_bytes(dir, encoded.as_bytes())
+}
+
+#[tokio::test]
+async fn with_a_kek_no_private_key_is_stored_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_kek = |name: &str, byte: u8| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, lanyard_core::hex::encode(&[byte; 32])).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    let config = |data: &str, kek: Option<std::path::PathBuf>| {
+        let mut config = ServerConfig::new(
+            "example.org".parse().unwrap(),
+            dir.path().join(data),
+            dir.path().join(format!("{data}.sock")),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        config.kek_file = kek;
+        config
+    };
+    // Control: without a KEK, the scan finds the private keys in the files.
+    drop(Server::bind(config("plain", None)).await.unwrap());
+    for (sealed, pkcs8) in private_keys(&dir.path().join("plain"), None).await {
+        assert!(!sealed);
+        assert!(in_the_clear(&dir.path().join("plain"), &pkcs8), "the control finds keys in the clear");
+    }
+
+    // With one: every private key is sealed, none is found in any file.
+    let kek_path = write_kek("kek", 7);
+    let kek = crate::kek::Kek::from_file(&kek_path).unwrap();
+    drop(Server::bind(config("sealed", Some(kek_path.clone()))).await.unwrap());
+    for (sealed, pkcs8) in private_keys(&dir.path().join("sealed"), Some(&kek)).await {
+        assert!(sealed);
+        assert!(!in_the_clear(&dir.path().join("sealed"), &pkcs8), "a private key in the clear");
+    }
+    // It starts again with its KEK, not without one, nor with another.
+    let again = Server::bind(config("sealed", Some(kek_path.clone()))).await.unwrap();
+    let pem = again.bundle_pem();
+    drop(again);
+    let Err(e) = Server::bind(config("sealed", None)).await else { panic!("started without the KEK") };
+    assert!(e.to_string().contains("--kek-file"), "{e}");
+    let Err(e) = Server::bind(config("sealed", Some(write_kek("other", 8)))).await else { panic!("another KEK") };
+    assert!(e.to_string().contains("cannot unseal"), "{e}");
+    // A KEK file others can read is refused.
+    std::fs::set_permissions(&kek_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let Err(e) = Server::bind(config("sealed", Some(kek_path.clone()))).await else { panic!("a readable KEK") };
+    assert!(e.to_string().contains("readable by group or others"), "{e}");
+    std::fs::set_permissions(&kek_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A store from before the KEK is sealed when it is first given one,
+    // keeping its keys.
+    let plain_pem = {
+        let server = Server::bind(config("plain", None)).await.unwrap();
+        server.bundle_pem()
+    };
+    let migrated = Server::bind(config("plain", Some(kek_path))).await.unwrap();
+    assert_eq!(migrated.bundle_pem(), plain_pem, "the same CA, now sealed");
+    drop(migrated);
+    assert!(private_keys(&dir.path().join("plain"), Some(&kek)).await.iter().all(|(sealed, _)| *sealed));
+    assert_ne!(pem, plain_pem);
+}

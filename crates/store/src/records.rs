@@ -69,6 +69,10 @@ pub struct KeyRecord {
     /// The CA certificate, DER, for [`KeyKind::X509Ca`]. Base64 in JSON.
     #[serde(with = "base64_opt")]
     pub cert_der: Option<Vec<u8>>,
+    /// The public key (SPKI DER) of a JWT key, readable without the KEK
+    /// that may seal `pkcs8`. Base64 in JSON; absent in older records.
+    #[serde(default, with = "base64_opt")]
+    pub public_der: Option<Vec<u8>>,
     /// Unix seconds from which the key is used.
     pub not_before: u64,
     /// Unix seconds after which the key is no longer used.
@@ -228,6 +232,7 @@ mod tests {
             kind: KeyKind::JwtSvid,
             pkcs8: b"secret key bytes".to_vec(),
             cert_der: None,
+            public_der: None,
             not_before: 1,
             not_after: 2,
             activated_at: None,
