@@ -201,3 +201,96 @@ fn join_tokens_work_in_the_documented_form() {
         }
     });
 }
+
+#[test]
+fn config_files_set_flags_flags_win_and_errors_name_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_port = free_port();
+    let file = dir.path().join("lanyard-server.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# set by the file\nbundle-listen = \"127.0.0.1:{bundle_port}\"\npublic-url = \"https://lanyard.test\"\n\
+             listen = \"127.0.0.1:1\"\ntrust-domain = \"example.org\"\n"
+        ),
+    )
+    .unwrap();
+    // A real server: the harness's --listen/--trust-domain flags win over the
+    // file's; the file's bundle endpoint and public URL are used.
+    let server = TestServer::start_with(&["--config", file.to_str().unwrap()]);
+    let (status, body) =
+        crate::verify::http_get(&format!("http://127.0.0.1:{bundle_port}"), "/.well-known/openid-configuration", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"issuer\":\"https://lanyard.test\""), "{body}");
+    drop(server);
+
+    // check-config: OK with a summary, or one line naming the file and key.
+    let check = |text: &str, extra: &[&str]| {
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = lanyard();
+        cmd.args(["server", "check-config", "--config", file.to_str().unwrap()]).args(extra);
+        run(cmd, COMMAND_TIMEOUT)
+    };
+    let data = dir.path().join("data");
+    let base = format!("data-dir = \"{}\"\ntrust-domain = \"example.org\"\n", data.display());
+    let out = check(&base, &[]);
+    assert!(success("check-config", &out).contains("OK (trust domain example.org"));
+    assert!(!data.exists(), "check-config starts nothing and creates no store");
+    let file_name = file.to_str().unwrap();
+    for (text, why) in [
+        (format!("{base}listen-on = \"x\"\n"), "(line 3): unknown key `listen-on`".to_owned()),
+        (format!("{base}ca-ttl = \"soon\"\n"), "key `ca-ttl`: invalid value 'soon'".to_owned()),
+        (format!("{base}ca-ttl = \"1s\"\n"), "key lifetimes must be at least 6s".to_owned()),
+        (format!("{base}kek-file = \"/nonexistent/kek\"\n"), "kek-file /nonexistent/kek: cannot read it".to_owned()),
+        (format!("{base}[server]\n"), "key `server`".to_owned()),
+    ] {
+        let out = check(&text, &[]);
+        let line = one_line_failure(&format!("config {why}"), &out);
+        assert!(line.contains(why.as_str()), "expected {why:?}: {line}");
+        assert!(line.contains(file_name), "names the file: {line}");
+    }
+    // A flag wins over a bad value in the file.
+    let out = check(&format!("{base}ca-ttl = \"1s\"\n"), &["--ca-ttl", "1h"]);
+    success("a flag over the file", &out);
+
+    // The agent reads its own keys, not the server's.
+    std::fs::write(&file, "server = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n").unwrap();
+    let mut cmd = lanyard();
+    cmd.args(["agent", "check-config", "--config", file.to_str().unwrap()]);
+    let out = success("agent check-config", &run(cmd, COMMAND_TIMEOUT));
+    assert!(out.contains("servers 127.0.0.1:1, 127.0.0.1:2"), "{out}");
+    std::fs::write(&file, "trust-domain = \"example.org\"\n").unwrap();
+    let mut cmd = lanyard();
+    cmd.args(["agent", "check-config", "--config", file.to_str().unwrap(), "--server", "x:1"]);
+    one_line_failure("a server key in an agent file", &run(cmd, COMMAND_TIMEOUT));
+}
+
+#[test]
+fn the_example_configs_in_deploy_are_valid() {
+    // Every key is known and every value parses; the paths that must exist
+    // on a real host are pointed elsewhere by flags (which win).
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
+    let mut cmd = lanyard();
+    cmd.args(["server", "check-config", "--config", &format!("{deploy}/lanyard-server.toml")])
+        .args(["--kek-file", kek.to_str().unwrap(), "--policy", policies])
+        .args(["--bundle-tls-cert", cert_path.to_str().unwrap(), "--bundle-tls-key", key_path.to_str().unwrap()]);
+    let out = success("check-config of deploy/lanyard-server.toml", &run(cmd, COMMAND_TIMEOUT));
+    assert!(out.contains("sealed with the KEK") && out.contains("https://0.0.0.0:8443"), "{out}");
+    let bundle = dir.path().join("ca.pem");
+    std::fs::write(&bundle, cert.pem()).unwrap();
+    let mut cmd = lanyard();
+    cmd.args(["agent", "check-config", "--config", &format!("{deploy}/lanyard-agent.toml")])
+        .args(["--trust-bundle", bundle.to_str().unwrap()]);
+    let out = success("check-config of deploy/lanyard-agent.toml", &run(cmd, COMMAND_TIMEOUT));
+    assert!(out.contains("servers lanyard.example.org:8081"), "{out}");
+}

@@ -434,10 +434,16 @@ pub(crate) enum Output {
 pub(crate) enum ServerCommand {
     /// Run the issuer.
     Run(ServerRun),
+    /// Check a configuration (file and flags) without starting anything.
+    CheckConfig(ServerRun),
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct ServerRun {
+    /// A TOML file whose keys are these flags' names (`data-dir = "…"`);
+    /// flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Where the store lives.
     #[arg(long, default_value = "/var/lib/lanyard/server")]
     pub(crate) data_dir: PathBuf,
@@ -491,6 +497,8 @@ pub(crate) struct ServerRun {
 pub(crate) enum AgentCommand {
     /// Run the node agent.
     Run(AgentRun),
+    /// Check a configuration (file and flags) without starting anything.
+    CheckConfig(AgentRun),
     /// List attested agents.
     List {
         #[command(flatten)]
@@ -509,6 +517,10 @@ pub(crate) enum AgentCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct AgentRun {
+    /// A TOML file whose keys are these flags' names (`server = ["…"]`);
+    /// flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Where the agent keeps its SVID and bundle.
     #[arg(long, default_value = "/var/lib/lanyard/agent")]
     pub(crate) data_dir: PathBuf,

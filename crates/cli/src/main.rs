@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod cli;
 mod clients;
+mod config;
 mod demo;
 mod output;
 mod run;
@@ -21,7 +22,14 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = match Cli::try_parse() {
+    let expanded = match config::expand(std::env::args_os().collect()) {
+        Ok(expanded) => expanded,
+        Err(e) => {
+            eprintln!("lanyard: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(&expanded.args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version: clap's own output, exit 0.
@@ -29,7 +37,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("lanyard: {}", usage_line(&e));
+            eprintln!("lanyard: {}", config::explain(&expanded, &e, usage_line(&e)));
             return std::process::ExitCode::from(2);
         }
     };
@@ -75,6 +83,8 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Token(cli::TokenCommand::Verify(args)) => return verify::run(args).await.map(Outcome::from),
         Command::Token(cli::TokenCommand::Revoke { jti, admin }) => tasks::revoke_token(jti, admin).await,
         Command::Server(cli::ServerCommand::Run(args)) => run::server(args).await,
+        Command::Server(cli::ServerCommand::CheckConfig(args)) => run::check_server(args).await,
+        Command::Agent(cli::AgentCommand::CheckConfig(args)) => run::check_agent(args),
         Command::Agent(cli::AgentCommand::Run(args)) => run::agent(args).await,
         Command::Agent(cli::AgentCommand::List { admin, output }) => admin::agent_list(admin, output).await,
         Command::Agent(cli::AgentCommand::Ban { spiffe_id, admin }) => admin::agent_ban(spiffe_id, admin).await,

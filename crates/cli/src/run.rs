@@ -35,6 +35,44 @@ async fn terminated() {
 
 pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     init_logging();
+    let server = Server::bind(server_config(args)).await.context("cannot start the server")?;
+    server.serve(terminated()).await.context("server stopped with an error")?;
+    Ok(())
+}
+
+/// `server check-config`: what the configuration amounts to, or why not.
+pub(crate) async fn check_server(args: ServerRun) -> anyhow::Result<()> {
+    let source = args.config.as_ref().map_or("flags".to_owned(), |p| p.display().to_string());
+    let found = lanyard_server::check_config(&server_config(args))
+        .await
+        .with_context(|| format!("configuration refused ({source})"))?;
+    println!("{source}: OK ({})", found.join("; "));
+    Ok(())
+}
+
+/// `agent check-config`: what the configuration amounts to, or why not.
+pub(crate) fn check_agent(args: AgentRun) -> anyhow::Result<()> {
+    let source = args.config.as_ref().map_or("flags".to_owned(), |p| p.display().to_string());
+    let socket = socket_path(&args.socket.socket)?;
+    let mut found = vec![format!("servers {}", args.servers.join(", ")), format!("socket {}", socket.display())];
+    match &args.trust_bundle {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("--trust-bundle {}", path.display()))?;
+            let certs = lanyard_ca::bundle::parse_pem(&pem, "CERTIFICATE")
+                .with_context(|| format!("--trust-bundle {} is not PEM", path.display()))?;
+            anyhow::ensure!(!certs.is_empty(), "--trust-bundle {} holds no certificate", path.display());
+            found.push(format!("{} trusted CA certificate(s)", certs.len()));
+        }
+        None => found.push("no --trust-bundle: the data dir must hold a joined identity".to_owned()),
+    }
+    if args.join_token.is_some() {
+        found.push("a join token".to_owned());
+    }
+    println!("{source}: OK ({})", found.join("; "));
+    Ok(())
+}
+
+fn server_config(args: ServerRun) -> ServerConfig {
     let mut config = ServerConfig::new(args.trust_domain, args.data_dir, args.admin.admin_socket, args.listen);
     config.bundle_listen = args.bundle_listen;
     config.public_url = args.public_url;
@@ -46,9 +84,7 @@ pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
     config.policy_dir = args.policy;
     config.checkpoint_every = args.checkpoint_every;
     config.risk_threshold = args.risk_threshold;
-    let server = Server::bind(config).await.context("cannot start the server")?;
-    server.serve(terminated()).await.context("server stopped with an error")?;
-    Ok(())
+    config
 }
 
 pub(crate) async fn agent(args: AgentRun) -> anyhow::Result<()> {

@@ -25,11 +25,11 @@ impl std::fmt::Debug for Kek {
 /// Why a KEK could not be loaded, or a key not unsealed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KekError {
-    #[error("cannot read the KEK file {path}: {reason}")]
+    #[error("kek-file {path}: cannot read it: {reason}")]
     Read { path: String, reason: String },
-    #[error("the KEK file {0} is readable by group or others (chmod 600 it)")]
+    #[error("kek-file {0} is readable by group or others (chmod 600 it)")]
     Permissions(String),
-    #[error("the KEK file {0} must hold 32 bytes: raw, 64 hex digits, or base64")]
+    #[error("kek-file {0} must hold 32 bytes: raw, 64 hex digits, or base64")]
     Format(String),
     #[error("key {0}: cannot unseal it with this KEK (another KEK, or the record was altered)")]
     Unseal(String),

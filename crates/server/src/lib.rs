@@ -51,7 +51,7 @@ pub use config::ServerConfig;
 
 /// What a workload that no entry matches is told (the SPIFFE wording).
 pub(crate) const NO_IDENTITY: &str = "no identity issued";
-pub use run::{Server, StartError};
+pub use run::{Server, StartError, check_config};
 
 #[cfg(test)]
 mod tests;

@@ -61,6 +61,60 @@ impl From<lanyard_ca::CaError> for StartError {
 /// The shortest key lifetime accepted (tests use a few seconds; production days).
 const MIN_KEY_LIFETIME: Duration = Duration::from_secs(6);
 
+/// What [`check`] loaded on the way.
+struct Checked {
+    kek: Option<crate::kek::Kek>,
+}
+
+/// The checks that need no store and no socket: URLs, lifetimes, the KEK
+/// file, the bundle endpoint's certificate and key.
+fn check(config: &ServerConfig) -> Result<Checked, StartError> {
+    if let Some(url) = &config.public_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(StartError::Config(format!("--public-url {url:?} must start with http:// or https://")));
+    }
+    if config.ca_ttl < MIN_KEY_LIFETIME || config.jwt_key_ttl < MIN_KEY_LIFETIME {
+        return Err(StartError::Config(format!(
+            "key lifetimes must be at least {}s: rotation needs time to publish a key before it signs",
+            MIN_KEY_LIFETIME.as_secs()
+        )));
+    }
+    let kek = match &config.kek_file {
+        Some(path) => Some(crate::kek::Kek::from_file(path).map_err(|e| StartError::Config(e.to_string()))?),
+        None => None,
+    };
+    if let Some((cert, key)) = &config.bundle_tls {
+        crate::https::load_tls(cert, key)?;
+    }
+    Ok(Checked { kek })
+}
+
+/// Checks a configuration without starting anything (`server check-config`):
+/// everything [`Server::bind`] checks before it opens the store and binds,
+/// and the policies load. Says what it found on success.
+pub async fn check_config(config: &ServerConfig) -> Result<Vec<String>, StartError> {
+    let Checked { kek } = check(config)?;
+    let policy = crate::policy::load(config.policy_dir.as_deref())
+        .await
+        .map_err(|e| StartError::Config(format!("--policy: {e}")))?;
+    let mut found = vec![
+        format!("trust domain {}", config.trust_domain),
+        format!("node API on {}", config.listen),
+        format!("store in {}", config.data_dir.display()),
+    ];
+    if let Some(addr) = config.bundle_listen {
+        let scheme = if config.bundle_tls.is_some() { "https" } else { "http" };
+        found.push(format!("bundle endpoint on {scheme}://{addr}"));
+    }
+    found.push(match kek {
+        Some(_) => "private keys sealed with the KEK".to_owned(),
+        None => "no KEK: private keys stored unencrypted".to_owned(),
+    });
+    found.push(format!("{} Cedar polic{}", policy.len(), if policy.len() == 1 { "y" } else { "ies" }));
+    Ok(found)
+}
+
 /// A server with its store open and its sockets bound, ready to serve.
 pub struct Server {
     pub(crate) state: Arc<State>,
@@ -81,23 +135,9 @@ impl Server {
 
     /// As [`Server::bind`], with an injected clock.
     pub async fn bind_with_clock(mut config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
-        if let Some(url) = &config.public_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(StartError::Config(format!("--public-url {url:?} must start with http:// or https://")));
-        }
+        let Checked { kek } = check(&config)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         let td = config.trust_domain.clone();
-        if config.ca_ttl < MIN_KEY_LIFETIME || config.jwt_key_ttl < MIN_KEY_LIFETIME {
-            return Err(StartError::Config(format!(
-                "key lifetimes must be at least {}s: rotation needs time to publish a key before it signs",
-                MIN_KEY_LIFETIME.as_secs()
-            )));
-        }
-        let kek = match &config.kek_file {
-            Some(path) => Some(crate::kek::Kek::from_file(path).map_err(|e| StartError::Config(e.to_string()))?),
-            None => None,
-        };
         keys::seal_at_rest(store.as_ref(), kek.as_ref(), clock.now()).await?;
         let keys = keys::reconcile(store.as_ref(), &td, clock.now(), config.lifetimes(), kek.as_ref()).await?;
         let (server_cert, server_cert_not_after) = ServerCert::new(&keys.x509, &td, clock.now())?;
