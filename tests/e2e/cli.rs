@@ -294,3 +294,49 @@ fn the_example_configs_in_deploy_are_valid() {
     let out = success("check-config of deploy/lanyard-agent.toml", &run(cmd, COMMAND_TIMEOUT));
     assert!(out.contains("servers lanyard.example.org:8081"), "{out}");
 }
+
+#[test]
+fn a_backup_of_a_running_server_restores_to_a_store_with_everything() {
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "node1");
+    for name in ["a", "b", "c"] {
+        server.create_entry(&spiffe_id(&format!("connector/{name}")), &agent.spiffe_id(), &[&own_selector()], &[]);
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let to = backups.path().join("backup-1");
+    let out = success("store backup", &server.admin(&["store", "backup", "--to", to.to_str().unwrap()]));
+    assert!(out.contains("audit records"), "{out}");
+    // Into an occupied directory: refused in one line.
+    one_line_failure(
+        "a second backup into the same directory",
+        &server.admin(&["store", "backup", "--to", to.to_str().unwrap()]),
+    );
+    let audited = server.audit_query(&["--kind", "store.backup"]);
+    assert_eq!(audited.len(), 1, "the backup is audited: {audited:?}");
+
+    let restored = backups.path().join("restored");
+    let mut cmd = lanyard();
+    cmd.args(["store", "restore", "--from", to.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()]);
+    let out = success("store restore", &run(cmd, COMMAND_TIMEOUT));
+    assert!(out.contains("the audit chain verifies"), "{out}");
+    let mut cmd = lanyard();
+    cmd.args(["audit", "verify", "--data-dir", restored.to_str().unwrap()]);
+    assert!(success("audit verify of the restored store", &run(cmd, COMMAND_TIMEOUT)).contains("audit log verifies"));
+
+    // A server on the restored store has every entry, agent and key.
+    let original_entries = server.entries();
+    let original_bundle = server.bundle_pem();
+    let again = TestServer::start_on(restored);
+    assert_eq!(again.entries(), original_entries);
+    assert_eq!(again.bundle_pem(), original_bundle, "the same CA");
+    assert_eq!(again.agents().len(), 1);
+    // A damaged backup is refused.
+    let mut log = std::fs::read(to.join("audit.log")).unwrap();
+    log[0] ^= 1;
+    std::fs::write(to.join("audit.log"), log).unwrap();
+    let mut cmd = lanyard();
+    cmd.args(["store", "restore", "--from", to.to_str().unwrap(), "--data-dir"]);
+    cmd.arg(backups.path().join("again"));
+    let line = one_line_failure("a tampered backup", &run(cmd, COMMAND_TIMEOUT));
+    assert!(line.contains("checksum"), "{line}");
+}

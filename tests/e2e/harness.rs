@@ -190,6 +190,8 @@ pub(crate) struct TestServer {
     extra: Vec<String>,
     /// The bundle endpoint's port, when it has one.
     bundle_port: Option<u16>,
+    /// A data directory elsewhere than in `dir` (a restored store).
+    data_dir: Option<PathBuf>,
     child: Option<Child>,
     /// Whether a panic message already carried the log tail.
     logged: Cell<bool>,
@@ -211,11 +213,21 @@ impl TestServer {
         Self::start_opts(extra, true)
     }
 
+    /// A server on an existing data directory (a restored backup, say).
+    pub(crate) fn start_on(data_dir: PathBuf) -> Self {
+        Self::start_opts_on(&[], false, Some(data_dir))
+    }
+
     fn start_opts(extra: &[&str], bundle: bool) -> Self {
+        Self::start_opts_on(extra, bundle, None)
+    }
+
+    fn start_opts_on(extra: &[&str], bundle: bool, data_dir: Option<PathBuf>) -> Self {
         let dir = tempfile::Builder::new().prefix("lanyard-e2e-").tempdir().unwrap();
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
         let bundle_port = bundle.then(free_port);
-        let mut server = Self { dir, port: free_port(), extra, bundle_port, child: None, logged: Cell::new(false) };
+        let port = free_port();
+        let mut server = Self { dir, port, extra, bundle_port, data_dir, child: None, logged: Cell::new(false) };
         // The port was free when we looked; a parallel test may take it
         // before the server binds. Then try another.
         for _ in 0..3 {
@@ -283,7 +295,7 @@ impl TestServer {
 
     /// The store directory.
     pub(crate) fn data_dir(&self) -> PathBuf {
-        self.dir().join("server")
+        self.data_dir.clone().unwrap_or_else(|| self.dir().join("server"))
     }
 
     /// The admin socket.

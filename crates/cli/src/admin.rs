@@ -2,16 +2,17 @@
 
 use anyhow::Context;
 use lanyard_proto::admin::{
-    BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, GetBundleRequest, GetEntryRequest,
-    ListAgentsRequest, ListEntriesRequest, ListKeysRequest, ListKeysResponse, RevokeKeyRequest, RotateKeysRequest,
-    UpdateEntryRequest,
+    BackupRequest, BanAgentRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, GetBundleRequest,
+    GetEntryRequest, ListAgentsRequest, ListEntriesRequest, ListKeysRequest, ListKeysResponse, RevokeKeyRequest,
+    RotateKeysRequest, UpdateEntryRequest,
 };
 use lanyard_proto::common::Entry;
 
 use lanyard_core::SpiffeId;
 
 use crate::cli::{
-    AdminSocket, BundleCommand, BundleFormat, CaCommand, EntryCommand, EntryFields, JoinTokenCommand, Output, OutputArg,
+    AdminSocket, BundleCommand, BundleFormat, CaCommand, EntryCommand, EntryFields, JoinTokenCommand, Output,
+    OutputArg, StoreCommand,
 };
 use crate::clients::{self, StatusExt};
 use crate::output;
@@ -148,6 +149,38 @@ pub(crate) async fn agent_ban(spiffe_id: SpiffeId, admin: AdminSocket) -> anyhow
     let mut client = clients::admin(&admin.admin_socket).await?;
     let agent = client.ban_agent(BanAgentRequest { spiffe_id: spiffe_id.to_string() }).await.or_status("ban agent")?;
     println!("banned {}", agent.spiffe_id);
+    Ok(())
+}
+
+/// `lanyard store backup|restore`.
+pub(crate) async fn store(cmd: StoreCommand) -> anyhow::Result<()> {
+    match cmd {
+        StoreCommand::Backup { to, admin } => {
+            let to = std::path::absolute(&to).with_context(|| format!("{}", to.display()))?;
+            let mut client = clients::admin(&admin.admin_socket).await?;
+            let request = BackupRequest { path: to.display().to_string() };
+            let r = client.backup(request).await.or_status("backup")?;
+            println!(
+                "backed up {} records and {} audit records to {} (audit.log sha256 {})",
+                r.records,
+                r.audit_records,
+                to.display(),
+                r.audit_sha256
+            );
+        }
+        StoreCommand::Restore { from, data_dir } => {
+            let (source, target) = (from.clone(), data_dir.clone());
+            let manifest = tokio::task::spawn_blocking(move || lanyard_store::SledStore::restore(&source, &target))
+                .await?
+                .with_context(|| format!("restore from {}", from.display()))?;
+            println!(
+                "restored {} records and {} audit records into {}; the audit chain verifies",
+                manifest.records,
+                manifest.audit_records,
+                data_dir.display()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -34,6 +34,9 @@ pub(crate) enum Command {
     /// The signing keys: X.509 CA, JWT-SVID and task-token keys.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The server's store: backup and restore.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// X.509-SVIDs, as a workload sees them through the agent.
     #[command(subcommand)]
     Svid(SvidCommand),
@@ -689,6 +692,29 @@ pub(crate) enum CaCommand {
         admin: AdminSocket,
         #[command(flatten)]
         output: OutputArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum StoreCommand {
+    /// Back up the running server's store, consistent to one point, into a
+    /// new directory on the server's host.
+    Backup {
+        /// A new or empty directory (made absolute here).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Restore a backup into a new data directory (offline: no server runs
+    /// on it); checks the checksums and the whole audit chain.
+    Restore {
+        /// The backup directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The new data directory (must not exist or be empty).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
     },
 }
 

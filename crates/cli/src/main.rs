@@ -92,6 +92,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::JoinToken(cmd) => admin::join_token(cmd).await,
         Command::Bundle(cmd) => admin::bundle(cmd).await,
         Command::Ca(cmd) => admin::ca(cmd).await,
+        Command::Store(cmd) => admin::store(cmd).await,
         Command::Svid(cmd) => workload::svid(cmd).await,
         Command::Jwt(cmd) => workload::jwt(cmd).await,
         Command::Demo => demo::run().await,

@@ -8,13 +8,13 @@ use lanyard_core::{Action, Audience, Classification, EntryId, SessionId, TaskId,
 use lanyard_policy::{PolicyInput, RiskLevel};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
-    Agent, AuditRecord, BanAgentRequest, BeginTaskResponse, CheckPolicyRequest, CheckPolicyResponse, ClearRiskRequest,
-    CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse,
-    EndTaskRequest, GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListEntriesRequest,
-    ListEntriesResponse, ListKeysRequest, ListKeysResponse, ListRisksRequest, ListRisksResponse, ListTasksRequest,
-    ListTasksResponse, QueryAuditRequest, QueryAuditResponse, ReloadPolicyRequest, ReloadPolicyResponse,
-    ReportRiskRequest, Revocation, RevokeKeyRequest, RevokeSessionRequest, RevokeTokenRequest, Risk, RotateKeysRequest,
-    TailAuditRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
+    Agent, AuditRecord, BackupRequest, BackupResponse, BanAgentRequest, BeginTaskResponse, CheckPolicyRequest,
+    CheckPolicyResponse, ClearRiskRequest, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    DeleteEntryRequest, DeleteEntryResponse, EndTaskRequest, GetBundleRequest, GetEntryRequest, ListAgentsRequest,
+    ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, ListKeysRequest, ListKeysResponse, ListRisksRequest,
+    ListRisksResponse, ListTasksRequest, ListTasksResponse, QueryAuditRequest, QueryAuditResponse, ReloadPolicyRequest,
+    ReloadPolicyResponse, ReportRiskRequest, Revocation, RevokeKeyRequest, RevokeSessionRequest, RevokeTokenRequest,
+    Risk, RotateKeysRequest, TailAuditRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use lanyard_proto::common;
 use lanyard_store::{
@@ -218,6 +218,36 @@ impl Admin for AdminApi {
     async fn get_bundle(&self, req: Request<GetBundleRequest>) -> Result<Response<common::Bundle>, Status> {
         self.authorize(&req)?;
         Ok(Response::new(bundle_to_proto(&self.state.keys().bundle)))
+    }
+
+    async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<BackupResponse>, Status> {
+        let actor = self.authorize(&req)?;
+        let path = std::path::PathBuf::from(&req.get_ref().path);
+        if !path.is_absolute() {
+            return Err(ApiError::InvalidArgument(format!("backup path {} must be absolute", path.display())).into());
+        }
+        let manifest = self.state.store.backup(&path).await.map_err(|e| match e {
+            // Not empty, not writable: the caller's to fix.
+            lanyard_store::StoreError::Corrupt(m) => ApiError::InvalidArgument(m),
+            lanyard_store::StoreError::Io(io) => ApiError::InvalidArgument(format!("{}: {io}", path.display())),
+            other => ApiError::from(other),
+        })?;
+        let detail = serde_json::json!({
+            "path": path.display().to_string(),
+            "records": manifest.records,
+            "audit_records": manifest.audit_records,
+            "records_sha256": manifest.records_sha256,
+            "audit_sha256": manifest.audit_sha256,
+        });
+        let event = self.state.audit("store.backup", &actor, &path.display().to_string(), detail);
+        self.state.store.append_audit(event).await.map_err(ApiError::from)?;
+        tracing::info!(path = %path.display(), records = manifest.records, "store backed up");
+        Ok(Response::new(BackupResponse {
+            records: manifest.records,
+            audit_records: manifest.audit_records,
+            records_sha256: manifest.records_sha256,
+            audit_sha256: manifest.audit_sha256,
+        }))
     }
 
     async fn list_keys(&self, req: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {

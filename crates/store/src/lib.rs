@@ -56,5 +56,5 @@ pub use records::{
     hash_join_token,
 };
 pub use revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject};
-pub use sled_store::SledStore;
+pub use sled_store::{BackupManifest, SledStore};
 pub use store::Store;

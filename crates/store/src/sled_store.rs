@@ -1,12 +1,15 @@
 //! The embedded store: one sled directory, no setup.
 
 mod audit_file;
+mod backup;
 mod entries;
 mod layout;
 mod log;
 mod objects;
 mod revocations;
 mod tasks;
+
+pub use backup::BackupManifest;
 #[cfg(test)]
 mod tests;
 
@@ -482,6 +485,11 @@ impl Store for SledStore {
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         self.blocking(move |inner| inner.audit_range(from, limit)).await
+    }
+
+    async fn backup(&self, to: &Path) -> Result<BackupManifest> {
+        let to = to.to_owned();
+        self.blocking(move |inner| inner.backup(&to)).await
     }
 
     async fn verify_audit_chain(&self) -> Result<ChainReport> {

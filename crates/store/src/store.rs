@@ -217,6 +217,12 @@ pub trait Store: Send + Sync + 'static {
     /// atomically with `audit`.
     async fn revoke_key(&self, key: KeyRecord, at: u64, audit: AuditEvent) -> Result<Revocation>;
 
+    /// Writes a backup of everything into `to` (a new or empty directory,
+    /// on this host), consistent to one point, while the store stays open:
+    /// writers wait while it is taken. Restore it with
+    /// [`SledStore::restore`](crate::SledStore::restore).
+    async fn backup(&self, to: &std::path::Path) -> Result<crate::BackupManifest>;
+
     /// Durable revocation events with `seq > after`, ascending, at most `limit`.
     async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>>;
 

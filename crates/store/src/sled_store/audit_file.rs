@@ -141,6 +141,11 @@ impl AuditFile {
     }
 
     /// Records in the file.
+    /// The log file's path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(super) fn len(&self) -> u64 {
         self.offsets.read().map_or(0, |o| o.len() as u64 - 1)
     }

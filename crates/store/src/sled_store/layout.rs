@@ -78,7 +78,7 @@ pub(super) enum TreeId {
 const TREE_COUNT: usize = 15;
 
 impl TreeId {
-    const ALL: [TreeId; TREE_COUNT] = [
+    pub(super) const ALL: [TreeId; TREE_COUNT] = [
         TreeId::Meta,
         TreeId::Entries,
         TreeId::EntriesByParent,

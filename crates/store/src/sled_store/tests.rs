@@ -1,6 +1,7 @@
 //! `SledStore` against the `Store` contract, on temporary directories.
 
 mod audit_log;
+mod backup;
 mod revocations;
 mod tasks;
 mod wal;
