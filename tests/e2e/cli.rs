@@ -340,3 +340,44 @@ fn a_backup_of_a_running_server_restores_to_a_store_with_everything() {
     let line = one_line_failure("a tampered backup", &run(cmd, COMMAND_TIMEOUT));
     assert!(line.contains("checksum"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_metrics_and_logs_json_lines() {
+    let server = TestServer::start_with(&["--log-format", "json"]);
+    let port = free_port();
+    let token = server.join_token("node1", "10m");
+    let args = ["--join-token".to_owned(), token, "--metrics-listen".to_owned(), format!("127.0.0.1:{port}")];
+    let args = [&args[..], &["--log-format".to_owned(), "json".to_owned()]].concat();
+    let agent = TestAgent::start_with_token_args(&server, "node1", &args);
+    let id = spiffe_id("connector/metrics");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    crate::harness::wait_served(&agent, &id, SVID_TIMEOUT).await;
+
+    let (status, text) = crate::verify::http_get(&format!("http://127.0.0.1:{port}"), "/metrics", &[]);
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.unwrap_or_else(|| panic!("{series} missing from\n{text}")).rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("lanyard_agent_workload_api_calls_total{method=\"FetchX509SVID\",code=\"ok\"}") >= 1.0);
+    assert!(value("lanyard_agent_workload_api_duration_seconds_count{method=\"FetchX509SVID\"}") >= 1.0);
+    assert!(value("lanyard_agent_attestations_total{result=\"ok\"}") >= 1.0);
+    assert_eq!(value("lanyard_agent_svids"), 1.0);
+    assert_eq!(value("lanyard_agent_entries"), 1.0);
+    assert!((0.0..60.0).contains(&value("lanyard_agent_sync_age_seconds")), "synced");
+    assert!(value("lanyard_agent_svid_mints_total{reason=\"first\"}") >= 1.0);
+    let (status, _) = crate::verify::http_get(&format!("http://127.0.0.1:{port}"), "/healthz", &[]);
+    assert_eq!(status, 200);
+
+    // Both logs are JSON lines with a level and the message.
+    for log in [agent.log(), server.log()] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{}", log.display());
+        for line in lines {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", log.display()));
+            assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+        }
+    }
+}

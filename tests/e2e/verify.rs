@@ -472,3 +472,30 @@ fn pyjwt_verifies_a_task_token_through_oidc_discovery_alone() {
     let out = python(&[&url, GITHUB, &jwt_svid]);
     assert_eq!(out.status.code(), Some(1), "a plain JWT-SVID: {out:?}");
 }
+
+#[test]
+fn metrics_count_mints_denials_decisions_and_commits() {
+    let rig = TaskRig::start_with_bundle(&[], &[]);
+    let task = rig.begin(&TaskSpec::default());
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+    let refused = rig.connector.fetch_token(&task, GITHUB, &[READ_FILE], "read");
+    assert!(!refused.status.success(), "a tool outside the task");
+    let (status, text) = http_get(&rig.server.bundle_url(), "/metrics", &[]);
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.unwrap_or_else(|| panic!("{series} missing from\n{text}")).rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("lanyard_mints_total{kind=\"task_token\",result=\"ok\"}"), 2.0);
+    assert_eq!(value("lanyard_mints_total{kind=\"task_token\",result=\"denied\"}"), 1.0);
+    assert_eq!(value("lanyard_policy_decisions_total{result=\"allow\"}"), 2.0);
+    assert!(value("lanyard_mints_total{kind=\"x509_svid\",result=\"ok\"}") >= 2.0, "the two workloads' SVIDs");
+    assert!(value("lanyard_mints_total{kind=\"agent_svid\",result=\"ok\"}") >= 1.0, "the agent's");
+    assert_eq!(value("lanyard_mint_duration_seconds_count{kind=\"task_token\"}"), 3.0);
+    assert!(value("lanyard_store_commit_duration_seconds_count") >= 1.0);
+    assert_eq!(value("lanyard_active_tasks"), 1.0);
+    rig.server.admin_ok(&["task", "end", &task]);
+    let (_, text) = http_get(&rig.server.bundle_url(), "/metrics", &[]);
+    assert!(text.lines().any(|l| l == "lanyard_active_tasks 0"), "{text}");
+}

@@ -15,4 +15,6 @@ pub struct AgentConfig {
     pub trust_bundle: Option<PathBuf>,
     /// The Workload API socket path.
     pub socket: PathBuf,
+    /// Where to serve `/metrics` and `/healthz` over HTTP, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }

@@ -30,6 +30,9 @@ pub enum AgentError {
     /// The Workload API socket could not be created.
     #[error("workload API socket {path}: {1}", path = .0.display())]
     Socket(PathBuf, std::io::Error),
+    /// The metrics listener could not bind.
+    #[error("cannot listen on {0} (--metrics-listen): {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
     /// The Workload API server failed.
     #[error("serving: {0}")]
     Serve(String),

@@ -16,6 +16,7 @@
 //!     join_token: Some("…".into()),
 //!     trust_bundle: Some("/etc/lanyard/ca.pem".into()),
 //!     socket: "/run/lanyard/agent.sock".into(),
+//!     metrics_listen: None,
 //! })
 //! .await?;
 //! agent.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
@@ -30,6 +31,7 @@ mod convert;
 mod error;
 mod identity;
 mod jwt_cache;
+mod metrics;
 mod node_client;
 mod run;
 mod supervisor;

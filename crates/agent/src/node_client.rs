@@ -94,6 +94,17 @@ pub(crate) async fn connect(
     roots: &[Vec<u8>],
     identity: Option<&ClientIdentity>,
 ) -> Result<NodeClient<Channel>, AgentError> {
+    let channel = connect_channel(server, td, roots, identity).await?;
+    Ok(NodeClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+}
+
+/// The channel [`connect`] makes.
+pub(crate) async fn connect_channel(
+    server: &str,
+    td: &TrustDomain,
+    roots: &[Vec<u8>],
+    identity: Option<&ClientIdentity>,
+) -> Result<Channel, AgentError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SpiffeServerVerifier {
         roots: roots.to_vec(),
@@ -136,7 +147,7 @@ pub(crate) async fn connect(
         }))
         .await
         .map_err(|e| AgentError::Connect(server.to_owned(), error_chain(&e)))?;
-    Ok(NodeClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+    Ok(channel)
 }
 
 /// An error and its sources on one line.

@@ -152,3 +152,19 @@ async fn the_agent_refuses_a_server_outside_the_trust_bundle() {
     let Err(e) = result else { panic!("connected to a server the bundle does not vouch for") };
     assert!(e.to_string().contains("cannot connect"), "{e}");
 }
+
+#[tokio::test]
+async fn the_node_api_answers_grpc_health_checks_without_a_client_certificate() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let f = fixture().await;
+    let channel = crate::node_client::connect_channel(&f.addr, &f.td, &f.roots, None).await.unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "lanyard.node.v1.Node"] {
+        let answer = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}

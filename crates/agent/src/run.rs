@@ -19,6 +19,7 @@ use crate::cache::Snapshot;
 use crate::config::AgentConfig;
 use crate::convert::bundle_from_proto;
 use crate::identity::{self, AgentIdentity};
+use crate::metrics::{self, AgentMetrics};
 use crate::node_client;
 use crate::supervisor::Supervisor;
 use crate::workload::{self, WorkloadApi};
@@ -37,6 +38,7 @@ pub struct Agent {
     identity: AgentIdentity,
     roots: Vec<Vec<u8>>,
     listener: UnixListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Agent {
@@ -52,6 +54,10 @@ impl Agent {
             .create(&config.data_dir)
             .map_err(|e| AgentError::DataDir(config.data_dir.clone(), e.to_string()))?;
         let listener = uds::bind(&config.socket).map_err(|e| AgentError::Socket(config.socket.clone(), e))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(|e| AgentError::Listen(addr, e))?),
+            None => None,
+        };
         let roots = initial_roots(&config)?;
         let td = trust_domain_of(&roots)?;
         let saved = AgentIdentity::load(&config.data_dir)?.filter(|id| id.not_after > SystemTime::now());
@@ -71,7 +77,7 @@ impl Agent {
             Some(b) => bundle_from_proto(&b)?.x509_authorities,
             None => roots,
         };
-        Ok(Self { config, td, identity, roots, listener })
+        Ok(Self { config, td, identity, roots, listener, metrics_listener })
     }
 
     /// The agent's SPIFFE ID.
@@ -81,6 +87,15 @@ impl Agent {
 
     /// Serves the Workload API until `shutdown` resolves.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
+        let metrics = Arc::new(AgentMetrics::default());
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, metrics).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            })
+        });
         let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let (client_tx, client_rx) = watch::channel(None);
         let supervisor = Supervisor {
@@ -96,6 +111,7 @@ impl Agent {
             retry_at: None,
             remint: std::collections::HashSet::new(),
             renew_now: false,
+            metrics: Arc::clone(&metrics),
         };
         let supervisor_task = tokio::spawn(supervisor.run());
         let api = WorkloadApi {
@@ -104,6 +120,7 @@ impl Agent {
             client: client_rx,
             attest_cache: Arc::new(attest::AttestCache::default()),
             jwts: Arc::new(jwt_cache::JwtCache::default()),
+            metrics: Arc::clone(&metrics),
         };
         let tasks = TasksServer::new(api.clone()).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         let service = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
@@ -111,6 +128,7 @@ impl Agent {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(metrics::CallMetricsLayer(metrics))
                 .layer(tower::util::MapResponseLayer::new(
                     lanyard_proto::status::bad_input_is_invalid_argument::<tonic::body::Body>,
                 ))
@@ -139,6 +157,9 @@ impl Agent {
             Err(_) => Ok(()),
         };
         supervisor_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         let _ = std::fs::remove_file(&self.config.socket);
         result
     }

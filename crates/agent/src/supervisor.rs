@@ -47,6 +47,7 @@ pub(crate) struct Supervisor {
     /// The agent's own SVID no longer chains to the bundle: renew it over
     /// the connection that is still open.
     pub(crate) renew_now: bool,
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// A sync update being received in several messages.
@@ -186,6 +187,9 @@ impl Supervisor {
         snap.svids.retain(|id, _| entries.contains_key(id));
         snap.revision = revision;
         snap.synced = snap.bundle.is_some();
+        let metrics = &self.metrics;
+        metrics.last_sync.store(unix_secs(SystemTime::now()), std::sync::atomic::Ordering::Relaxed);
+        metrics.entries.store(snap.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(revision, entries = snap.entries.len(), "sync applied");
         self.publish.send_replace(Arc::new(snap.clone().indexed()));
         Ok(())
@@ -249,6 +253,7 @@ impl Supervisor {
         for batch in due.chunks(MINT_BATCH) {
             self.mint_batch(client, batch).await?;
         }
+        self.metrics.svids.store(self.snapshot.svids.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.publish.send_replace(Arc::new(self.snapshot.clone().indexed()));
         Ok(())
     }
@@ -285,6 +290,10 @@ impl Supervisor {
                 Ok(svid) => {
                     tracing::debug!(entry = %entry.id, serial = %svid.serial, "SVID minted");
                     self.remint.remove(&entry.id);
+                    match self.snapshot.svids.contains_key(&entry.id) {
+                        true => self.metrics.rotations.inc(),
+                        false => self.metrics.first_mints.inc(),
+                    }
                     self.snapshot.svids.insert(entry.id.clone(), Arc::new(CachedSvid { key, ..svid }));
                 }
                 Err(e) => {

@@ -42,6 +42,7 @@ pub(crate) struct WorkloadApi {
     pub(crate) client: watch::Receiver<Option<NodeClient<Channel>>>,
     pub(crate) attest_cache: Arc<AttestCache>,
     pub(crate) jwts: Arc<JwtCache>,
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Refuses any call without `workload.spiffe.io: true`.
@@ -79,6 +80,7 @@ impl WorkloadApi {
             // A handful of small /proc reads: cheaper inline than a thread hop.
             attest::attest(peer, false, &self.attest_cache)
         };
+        self.metrics.attested(attested.is_ok());
         attested.map_err(|e| {
             tracing::warn!(error = %e, "caller attestation failed");
             Status::permission_denied(NO_IDENTITY)

@@ -494,6 +494,9 @@ pub(crate) struct ServerRun {
     /// Open risk at or above this level denies tokens: low, medium or high.
     #[arg(long, default_value = "low")]
     pub(crate) risk_threshold: lanyard_policy::RiskLevel,
+    /// Log lines as text or JSON (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -520,6 +523,12 @@ pub(crate) enum AgentCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct AgentRun {
+    /// Serve `/metrics` (Prometheus) and `/healthz` over HTTP here.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Log lines as text or JSON (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     /// A TOML file whose keys are these flags' names (`server = ["…"]`);
     /// flags given here win over it.
     #[arg(long, value_name = "FILE")]
@@ -693,6 +702,13 @@ pub(crate) enum CaCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+}
+
+/// How `server run` and `agent run` write their logs.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,19 +5,22 @@ use lanyard_agent::{Agent, AgentConfig};
 use lanyard_server::{Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{AgentRun, ServerRun};
+use crate::cli::{AgentRun, LogFormat, ServerRun};
 use crate::clients::socket_path;
 
 /// Logs to stderr; `LANYARD_LOG` (or `RUST_LOG`) sets the filter, default `info`.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter =
         std::env::var("LANYARD_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_owned());
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // One JSON object per line: spans' fields (path, caller, agent, …) included.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -34,7 +37,7 @@ async fn terminated() {
 }
 
 pub(crate) async fn server(args: ServerRun) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.log_format);
     let server = Server::bind(server_config(args)).await.context("cannot start the server")?;
     server.serve(terminated()).await.context("server stopped with an error")?;
     Ok(())
@@ -88,13 +91,14 @@ fn server_config(args: ServerRun) -> ServerConfig {
 }
 
 pub(crate) async fn agent(args: AgentRun) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.log_format);
     let config = AgentConfig {
         data_dir: args.data_dir,
         servers: args.servers,
         join_token: args.join_token,
         trust_bundle: args.trust_bundle,
         socket: socket_path(&args.socket.socket)?,
+        metrics_listen: args.metrics_listen,
     };
     let agent = Agent::start(config).await.context("cannot start the agent")?;
     agent.serve(terminated()).await.context("agent stopped with an error")?;

@@ -18,6 +18,7 @@ pub mod duration;
 pub mod entry;
 pub mod hex;
 pub mod ids;
+pub mod metrics;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;

@@ -18,6 +18,7 @@ use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use lanyard_core::metrics::{CONTENT_TYPE, Exposition};
 use serde_json::json;
 
 use crate::state::State;
@@ -130,20 +131,41 @@ fn json_response(value: &impl serde::Serialize) -> Response {
     }
 }
 
-/// Prometheus text: where the server's sequences stand.
+/// Tasks counted for `lanyard_active_tasks`, at most (a scrape scans them).
+const ACTIVE_TASKS_SCAN: usize = 100_000;
+
+/// Prometheus text: what the server did, and where its sequences stand.
 async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
     let keys = state.keys();
+    let filter =
+        lanyard_store::TaskFilter { active_at: Some(lanyard_core::unix_secs(state.now())), ..Default::default() };
+    let active_tasks = match state.store.list_tasks(&filter, ACTIVE_TASKS_SCAN).await {
+        Ok(tasks) => tasks.len(),
+        Err(e) => return internal(&e),
+    };
     let gauges = [
         ("lanyard_bundle_sequence", "Sequence number of the trust bundle.", keys.bundle.sequence),
         ("lanyard_entry_revision", "Newest durable registration-entry revision.", state.store.revision()),
-        ("lanyard_revocation_sequence", "Newest durable revocation event.", state.store.revocation_seq()),
+        (
+            "lanyard_revocation_sequence",
+            "Newest durable revocation event (revocations so far).",
+            state.store.revocation_seq(),
+        ),
         ("lanyard_audit_head", "Newest durable audit record.", state.store.audit_head()),
+        ("lanyard_active_tasks", "Tasks running now (counted up to 100,000).", active_tasks as u64),
     ];
-    let mut body = String::new();
+    let mut e = Exposition::default();
     for (name, help, value) in gauges {
-        body.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+        e.family(name, "gauge", help).sample(name, &[], value);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    state.metrics.render(&mut e);
+    let name = "lanyard_store_commit_duration_seconds";
+    e.family(name, "histogram", "Group commits of the store: one fsync of the audit log and a tree flush.").histogram(
+        name,
+        &[],
+        state.store.commit_latency(),
+    );
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], e.finish()).into_response()
 }
 
 async fn ready(AxumState(state): AxumState<Arc<State>>) -> Response {

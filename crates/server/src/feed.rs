@@ -105,6 +105,7 @@ impl State {
         let mut heads = self.store.subscribe_revocations();
         let mut shutdown = self.shutdown.subscribe();
         if *heads.borrow_and_update() <= after && !wait.is_zero() {
+            let _waiting = self.metrics.feed_wait();
             let arrived = heads.wait_for(|head| *head > after);
             tokio::select! {
                 _ = tokio::time::timeout(wait, arrived) => {}
@@ -113,6 +114,11 @@ impl State {
         }
         let events = self.store.revocations_since(after, MAX_EVENTS).await?;
         let head = self.store.revocation_seq();
+        let now = self.now();
+        for r in &events {
+            // `at` is whole seconds: the lag is as coarse.
+            self.metrics.feed_delivered(now.duration_since(lanyard_core::from_unix_secs(r.at)).unwrap_or_default());
+        }
         let next = events.last().map_or(after, |r| r.seq);
         let signed = events.iter().map(|r| self.sign_event(r)).collect::<Result<Vec<_>, _>>()?;
         let heartbeat =

@@ -38,6 +38,7 @@ mod kek;
 mod key_lifecycle;
 mod keys;
 mod limits;
+mod metrics;
 mod node;
 mod policy;
 mod run;

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::convert::{bundle_to_proto, entry_to_proto, parse_entry_id, secs_i64};
 use crate::limits::{MAX_CALLER_IDENTITIES, MAX_X509_BATCH, SYNC_CHUNK};
+use crate::metrics::{MintKind, Outcome};
 use crate::state::State;
 use crate::status::ApiError;
 use crate::tasks::{CallerIdentity, TaskSpec};
@@ -141,75 +142,17 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send
 #[tonic::async_trait]
 impl Node for NodeApi {
     async fn attest(&self, req: Request<AttestRequest>) -> Result<Response<AttestResponse>, Status> {
-        let req = req.into_inner();
-        // Check the CSR before spending the token on a request that cannot succeed.
-        csr::parse_csr(&req.csr).map_err(ApiError::from)?;
-        if req.join_token.is_empty() || req.join_token.len() > 256 {
-            return Err(ApiError::invalid("join_token", "must be 1-256 characters").into());
-        }
-        let hash = lanyard_store::hash_join_token(&req.join_token);
-        let now = self.state.now();
-        let consumed = self
-            .state
-            .store
-            .consume_join_token(hash, self.state.audit("jointoken.consume", "anonymous", "", serde_json::json!({})))
-            .await
-            .map_err(ApiError::from)?;
-        let token =
-            consumed.ok_or_else(|| ApiError::PermissionDenied("join token is unknown or already used".into()))?;
-        if unix_secs(now) >= token.expires_at {
-            return Err(ApiError::PermissionDenied("join token has expired".into()).into());
-        }
-        let id = ids::agent_id(&self.state.td, &token.name)
-            .map_err(|e| ApiError::Internal(format!("stored agent name: {e}")))?;
-        tracing::Span::current().record("caller", id.as_str());
-        if let Some(existing) = self.state.store.get_agent(&id).await.map_err(ApiError::from)?
-            && existing.banned
-        {
-            return Err(ApiError::PermissionDenied("agent is banned".into()).into());
-        }
-        let signed = self.sign_agent_svid(&id, &req.csr)?;
-        let record = AgentRecord {
-            spiffe_id: id.clone(),
-            name: token.name.clone(),
-            attested_at: unix_secs(now),
-            svid_serial: signed.serial.clone(),
-            svid_expires_at: unix_secs(signed.not_after),
-            banned: false,
-            last_seen: unix_secs(now),
-        };
-        let audit = self.state.audit(
-            "agent.attest",
-            id.as_str(),
-            id.as_str(),
-            serde_json::json!({ "serial": signed.serial, "method": "join_token" }),
-        );
-        self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
-        tracing::info!(agent = %id, "agent attested");
-        Ok(Response::new(AttestResponse {
-            spiffe_id: id.to_string(),
-            svid_chain: vec![signed.der],
-            bundle: Some(bundle_to_proto(&self.state.keys().bundle)),
-        }))
+        let started = std::time::Instant::now();
+        let result = self.attest_inner(req).await;
+        self.state.metrics.mint(MintKind::AgentSvid, Outcome::of(&result), 1, started.elapsed());
+        Ok(result?)
     }
 
     async fn renew_agent(&self, req: Request<RenewAgentRequest>) -> Result<Response<RenewAgentResponse>, Status> {
-        let caller = self.authenticate(&req).await?;
-        let signed = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
-        let record = AgentRecord {
-            svid_serial: signed.serial.clone(),
-            svid_expires_at: unix_secs(signed.not_after),
-            last_seen: unix_secs(self.state.now()),
-            ..caller.record
-        };
-        let audit = self.state.audit(
-            "agent.renew",
-            caller.id.as_str(),
-            caller.id.as_str(),
-            serde_json::json!({ "serial": signed.serial }),
-        );
-        self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
-        Ok(Response::new(RenewAgentResponse { svid_chain: vec![signed.der] }))
+        let started = std::time::Instant::now();
+        let result = self.renew_agent_inner(req).await;
+        self.state.metrics.mint(MintKind::AgentSvid, Outcome::of(&result), 1, started.elapsed());
+        Ok(result?)
     }
 
     type SyncEntriesStream = SyncStream;
@@ -228,7 +171,10 @@ impl Node for NodeApi {
         &self,
         req: Request<MintX509SvidsRequest>,
     ) -> Result<Response<MintX509SvidsResponse>, Status> {
-        let caller = self.authenticate(&req).await?;
+        let started = std::time::Instant::now();
+        let caller = self.authenticate(&req).await.inspect_err(|e| {
+            self.state.metrics.mint(MintKind::X509Svid, Outcome::of_error(e), 1, started.elapsed());
+        })?;
         let requests = &req.get_ref().requests;
         if requests.is_empty() || requests.len() > MAX_X509_BATCH {
             return Err(ApiError::invalid("requests", format!("must hold 1-{MAX_X509_BATCH} CSRs")).into());
@@ -255,34 +201,20 @@ impl Node for NodeApi {
         }
         // INVARIANT: no credential leaves before its audit record is durable.
         self.state.store.append_audit_batch(audits).await.map_err(ApiError::from)?;
+        let refused = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
+        let metrics = &self.state.metrics;
+        metrics.mint(MintKind::X509Svid, Outcome::Ok, results.len() as u64 - refused, started.elapsed());
+        if refused > 0 {
+            metrics.mint(MintKind::X509Svid, Outcome::Denied, refused, started.elapsed());
+        }
         Ok(Response::new(MintX509SvidsResponse { results }))
     }
 
     async fn mint_jwt_svid(&self, req: Request<MintJwtSvidRequest>) -> Result<Response<MintJwtSvidResponse>, Status> {
-        let caller = self.authenticate(&req).await?;
-        let req = req.into_inner();
-        let entry = self.served_entry(&caller, &req.entry_id).await?;
-        let template = JwtSvidTemplate {
-            spiffe_id: entry.spiffe_id.clone(),
-            audiences: req.audience,
-            ttl: entry.jwt_ttl.as_duration(),
-            issuer: self.state.config.public_url.clone(),
-        };
-        let keys = self.state.keys();
-        let (token, exp) = keys.jwt.sign_svid(&template, self.state.now()).map_err(ApiError::from)?;
-        let audit = self.state.audit(
-            "jwtsvid.mint",
-            caller.id.as_str(),
-            entry.spiffe_id.as_str(),
-            serde_json::json!({
-                "entry_id": entry.id.as_str(),
-                "aud": template.audiences,
-                "kid": keys.jwt.kid(),
-                "exp": unix_secs(exp),
-            }),
-        );
-        self.state.store.append_audit(audit).await.map_err(ApiError::from)?;
-        Ok(Response::new(MintJwtSvidResponse { token, expires_at: secs_i64(unix_secs(exp)) }))
+        let started = std::time::Instant::now();
+        let result = self.mint_jwt_svid_inner(req).await;
+        self.state.metrics.mint(MintKind::JwtSvid, Outcome::of(&result), 1, started.elapsed());
+        Ok(result?)
     }
 
     async fn begin_task(
@@ -311,11 +243,10 @@ impl Node for NodeApi {
     }
 
     async fn mint_task_token(&self, req: Request<MintTaskTokenRequest>) -> Result<Response<common::TaskToken>, Status> {
-        let caller = self.authenticate(&req).await?;
-        let req = req.into_inner();
-        let identities = self.caller_identities(&caller, &req.caller).await?;
-        let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
-        Ok(Response::new(self.state.mint_task_token(&caller.id, &identities, &request).await?))
+        let started = std::time::Instant::now();
+        let result = self.mint_task_token_inner(req).await;
+        self.state.metrics.mint(MintKind::TaskToken, Outcome::of(&result), 1, started.elapsed());
+        Ok(result?)
     }
 
     async fn delegate_task(
@@ -426,4 +357,123 @@ async fn next_sync_messages(
         last.removed = changes.removed.iter().map(ToString::to_string).collect();
     }
     Ok((messages, changes.revision))
+}
+
+/// The bodies of the minting RPCs, which the trait methods time and count.
+impl NodeApi {
+    async fn attest_inner(&self, req: Request<AttestRequest>) -> Result<Response<AttestResponse>, ApiError> {
+        let req = req.into_inner();
+        // Check the CSR before spending the token on a request that cannot succeed.
+        csr::parse_csr(&req.csr).map_err(ApiError::from)?;
+        if req.join_token.is_empty() || req.join_token.len() > 256 {
+            return Err(ApiError::invalid("join_token", "must be 1-256 characters"));
+        }
+        let hash = lanyard_store::hash_join_token(&req.join_token);
+        let now = self.state.now();
+        let consumed = self
+            .state
+            .store
+            .consume_join_token(hash, self.state.audit("jointoken.consume", "anonymous", "", serde_json::json!({})))
+            .await
+            .map_err(ApiError::from)?;
+        let token =
+            consumed.ok_or_else(|| ApiError::PermissionDenied("join token is unknown or already used".into()))?;
+        if unix_secs(now) >= token.expires_at {
+            return Err(ApiError::PermissionDenied("join token has expired".into()));
+        }
+        let id = ids::agent_id(&self.state.td, &token.name)
+            .map_err(|e| ApiError::Internal(format!("stored agent name: {e}")))?;
+        tracing::Span::current().record("caller", id.as_str());
+        if let Some(existing) = self.state.store.get_agent(&id).await.map_err(ApiError::from)?
+            && existing.banned
+        {
+            return Err(ApiError::PermissionDenied("agent is banned".into()));
+        }
+        let signed = self.sign_agent_svid(&id, &req.csr)?;
+        let record = AgentRecord {
+            spiffe_id: id.clone(),
+            name: token.name.clone(),
+            attested_at: unix_secs(now),
+            svid_serial: signed.serial.clone(),
+            svid_expires_at: unix_secs(signed.not_after),
+            banned: false,
+            last_seen: unix_secs(now),
+        };
+        let audit = self.state.audit(
+            "agent.attest",
+            id.as_str(),
+            id.as_str(),
+            serde_json::json!({ "serial": signed.serial, "method": "join_token" }),
+        );
+        self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
+        tracing::info!(agent = %id, "agent attested");
+        Ok(Response::new(AttestResponse {
+            spiffe_id: id.to_string(),
+            svid_chain: vec![signed.der],
+            bundle: Some(bundle_to_proto(&self.state.keys().bundle)),
+        }))
+    }
+
+    async fn renew_agent_inner(
+        &self,
+        req: Request<RenewAgentRequest>,
+    ) -> Result<Response<RenewAgentResponse>, ApiError> {
+        let caller = self.authenticate(&req).await?;
+        let signed = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
+        let record = AgentRecord {
+            svid_serial: signed.serial.clone(),
+            svid_expires_at: unix_secs(signed.not_after),
+            last_seen: unix_secs(self.state.now()),
+            ..caller.record
+        };
+        let audit = self.state.audit(
+            "agent.renew",
+            caller.id.as_str(),
+            caller.id.as_str(),
+            serde_json::json!({ "serial": signed.serial }),
+        );
+        self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
+        Ok(Response::new(RenewAgentResponse { svid_chain: vec![signed.der] }))
+    }
+
+    async fn mint_jwt_svid_inner(
+        &self,
+        req: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, ApiError> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let entry = self.served_entry(&caller, &req.entry_id).await?;
+        let template = JwtSvidTemplate {
+            spiffe_id: entry.spiffe_id.clone(),
+            audiences: req.audience,
+            ttl: entry.jwt_ttl.as_duration(),
+            issuer: self.state.config.public_url.clone(),
+        };
+        let keys = self.state.keys();
+        let (token, exp) = keys.jwt.sign_svid(&template, self.state.now()).map_err(ApiError::from)?;
+        let audit = self.state.audit(
+            "jwtsvid.mint",
+            caller.id.as_str(),
+            entry.spiffe_id.as_str(),
+            serde_json::json!({
+                "entry_id": entry.id.as_str(),
+                "aud": template.audiences,
+                "kid": keys.jwt.kid(),
+                "exp": unix_secs(exp),
+            }),
+        );
+        self.state.store.append_audit(audit).await.map_err(ApiError::from)?;
+        Ok(Response::new(MintJwtSvidResponse { token, expires_at: secs_i64(unix_secs(exp)) }))
+    }
+
+    async fn mint_task_token_inner(
+        &self,
+        req: Request<MintTaskTokenRequest>,
+    ) -> Result<Response<common::TaskToken>, ApiError> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let identities = self.caller_identities(&caller, &req.caller).await?;
+        let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
+        Ok(Response::new(self.state.mint_task_token(&caller.id, &identities, &request).await?))
+    }
 }

@@ -173,6 +173,7 @@ impl Server {
             svid_cache: crate::svid_cache::SvidCache::default(),
             key_ops: tokio::sync::Mutex::new(()),
             kek,
+            metrics: crate::metrics::Metrics::default(),
         });
         Ok(Self {
             state,
@@ -213,11 +214,16 @@ impl Server {
         let node =
             NodeServer::new(NodeApi { state: Arc::clone(&self.state) }).max_decoding_message_size(NODE_MAX_MESSAGE);
         let incoming = tls_incoming(self.node_listener, acceptor_rx);
+        // gRPC health, for load balancers and orchestrators: SERVING once
+        // bound, NOT_SERVING when shutting down. Needs no client certificate.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<NodeServer<NodeApi>>().await;
         let node_task = tokio::spawn(
             tonic::transport::Server::builder()
                 .layer(bad_input_layer())
                 .trace_fn(|req| tracing::info_span!("node", path = %req.uri().path(), caller = tracing::field::Empty))
                 .add_service(node)
+                .add_service(health_service)
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
         );
 
@@ -268,6 +274,7 @@ impl Server {
         );
         shutdown.await;
         tracing::info!("shutting down");
+        health.set_not_serving::<NodeServer<NodeApi>>().await;
         let _ = stop_tx.send(true);
         self.state.shutdown.send_replace(true);
         renew_task.abort();

@@ -36,6 +36,8 @@ pub(crate) struct State {
     pub(crate) key_ops: tokio::sync::Mutex<()>,
     /// Seals private keys in the store, when configured.
     pub(crate) kek: Option<crate::kek::Kek>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl State {

@@ -297,8 +297,12 @@ impl State {
         };
         let decision = match lanyard_policy::decide(&self.ceilings, &self.policy(), &request) {
             Ok(decision) => decision,
-            Err(deny) => return Err(self.deny(event, deny).await),
+            Err(deny) => {
+                self.metrics.decision(false);
+                return Err(self.deny(event, deny).await);
+            }
         };
+        self.metrics.decision(true);
         // The token is bound to the SVID the workload holds now, and ends no later.
         let keys = self.keys();
         let svid = self

@@ -46,6 +46,8 @@ pub(crate) struct GroupCommit {
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
     flushes: AtomicU64,
+    /// How long each flush (log fsync and tree flush) took.
+    pub(crate) latency: lanyard_core::metrics::Histogram,
 }
 
 /// Owns the flusher thread; dropping it flushes what is pending and joins the thread.
@@ -68,6 +70,7 @@ impl GroupCommit {
             wake: Condvar::new(),
             flushed: watch::Sender::new(Flushed::default()),
             flushes: AtomicU64::new(0),
+            latency: lanyard_core::metrics::Histogram::default(),
         });
         let runner = Arc::clone(&commit);
         let thread = std::thread::Builder::new().name(FLUSH_THREAD_NAME.to_owned()).spawn(move || runner.run(flush))?;
@@ -139,7 +142,10 @@ impl GroupCommit {
                 target = now;
             }
             self.flushes.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = flush() {
+            let started = std::time::Instant::now();
+            let result = flush();
+            self.latency.observe(started.elapsed());
+            if let Err(error) = result {
                 tracing::error!(%error, "store flush failed; closing the store");
                 break;
             }

@@ -514,6 +514,10 @@ impl Store for SledStore {
         self.inner.durable.audit_head()
     }
 
+    fn commit_latency(&self) -> &lanyard_core::metrics::Histogram {
+        &self.inner.commit.latency
+    }
+
     fn subscribe_audit(&self) -> watch::Receiver<u64> {
         self.inner.durable.subscribe_audit()
     }

@@ -129,6 +129,9 @@ pub trait Store: Send + Sync + 'static {
     /// The seq of the newest durable audit record (0 for an empty log).
     fn audit_head(&self) -> u64;
 
+    /// How long group commits (one fsync for many writers) take.
+    fn commit_latency(&self) -> &lanyard_core::metrics::Histogram;
+
     /// Receives [`audit_head`](Self::audit_head) after each flush that made
     /// new audit records durable (for `audit tail --follow`).
     fn subscribe_audit(&self) -> tokio::sync::watch::Receiver<u64>;
