@@ -256,6 +256,16 @@ pub enum FeedError {
         /// The oldest event the feed still serves.
         oldest: u64,
     },
+    /// The feed's signed head is behind events already applied: the issuer's
+    /// store was restored from an older backup, so its sequence numbers
+    /// will be reused. Start again from its snapshot.
+    #[error("the feed went back: its head is {head}, events up to {at} were applied (store restored?)")]
+    Rewound {
+        /// Where we are.
+        at: u64,
+        /// Where the feed says it is.
+        head: u64,
+    },
     /// The feed kept announcing more events than it delivered.
     #[error("the feed did not catch up to its head {head} (at {at})")]
     NotCaughtUp {

@@ -197,6 +197,11 @@ impl Issuer {
         self.fake.served().hits
     }
 
+    /// Forgets every SET, as an issuer restored from an older backup has.
+    fn rewind(&self) {
+        self.fake.events.send_replace(Vec::new());
+    }
+
     /// Serves these SETs too (as `(seq, JWS)`), waking long-polls.
     fn push(&self, sets: impl IntoIterator<Item = (u64, String)>) {
         self.fake.events.send_modify(|all| all.extend(sets));
@@ -540,6 +545,68 @@ async fn a_heartbeat_ahead_of_the_events_served_is_not_polled_in_a_busy_loop() {
         let _verifier = issuer.verifier(f.config.clone().max_feed_age(Duration::from_secs(2))).await;
         let polls = requests_per_second(&issuer, Duration::from_millis(1500), |h| h.feed).await;
         assert!(polls <= 20, "{polls} feed requests in one second");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_goes_back_is_followed_again_from_its_snapshot() {
+    bounded(async {
+        let f = fixture();
+        let issuer = Issuer::start(&f, &f.bundle).await;
+        let config = f.config.clone().max_feed_age(Duration::from_secs(2));
+        let verifier = issuer.verifier(config).await;
+        let (token1, token2) = (f.task_token(), token_for_task(&f, TASK2));
+        issuer.push([task_ended(&f, 1, TASK), task_ended(&f, 2, TASK2)]);
+        tokio::time::timeout(Duration::from_secs(5), verifier.wait_for_seq(2)).await.unwrap();
+
+        // The issuer's store is restored from before both events: its feed
+        // starts again at 0, and its next event is numbered 1 again.
+        issuer.rewind();
+        issuer.change(|s| s.snapshot = Some(fresh_snapshot(&f, 0, &[])));
+        eventually(Duration::from_secs(8), "the verifier to follow the rewound feed", || {
+            match (verifier.revocation_seq(), verifier.task_token(&token1, &expect())) {
+                (0, Ok(_)) => Ok(()),
+                (seq, r) => Err(format!("at {seq}: {r:?}")),
+            }
+        })
+        .await;
+        issuer.push([task_ended(&f, 1, TASK2)]);
+        tokio::time::timeout(Duration::from_secs(5), verifier.wait_for_seq(1)).await.unwrap();
+        let refused = verifier.task_token(&token2, &expect());
+        assert!(is_task_revoked(&refused, TASK2), "the new event 1 is applied, not skipped: {refused:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_old_snapshot_cannot_undo_revocations_even_when_the_feed_seems_to_go_back() {
+    bounded(async {
+        let f = fixture();
+        let old_snapshot = fresh_snapshot(&f, 0, &[]);
+        let issuer = Issuer::start(&f, &f.bundle).await;
+        let config = f.config.clone().max_feed_age(Duration::from_secs(2));
+        let verifier = issuer.verifier(config).await;
+        issuer.push([task_ended(&f, 1, TASK)]);
+        tokio::time::timeout(Duration::from_secs(5), verifier.wait_for_seq(1)).await.unwrap();
+        // Let the state be known current after the old snapshot was signed.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // An attacker replays an old head and an old (genuinely signed) snapshot.
+        issuer.change(|s| {
+            s.head = Some(0);
+            s.snapshot = Some(old_snapshot);
+        });
+        eventually(Duration::from_secs(5), "the verifier to ask for the snapshot again", || {
+            let hits = issuer.hits();
+            (hits.snapshot >= 2).then_some(()).ok_or_else(|| format!("{hits:?}"))
+        })
+        .await;
+        let refused = verifier.task_token(&f.task_token(), &expect());
+        assert!(
+            is_task_revoked(&refused, TASK) || matches!(refused, Err(VerifyError::StaleFeed { .. })),
+            "the ended task stays ended: {refused:?}"
+        );
+        assert_eq!(verifier.revocation_seq(), 1);
     })
     .await;
 }

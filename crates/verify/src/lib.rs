@@ -329,11 +329,12 @@ async fn follow_feed(shared: Arc<Shared>, endpoint: Endpoint) {
                 backoff = FIRST_BACKOFF;
                 continue;
             }
-            Err(FeedError::Behind { .. } | FeedError::Gap { .. }) => {
-                info!("revocation feed moved past us; reloading the snapshot");
+            Err(e @ (FeedError::Behind { .. } | FeedError::Gap { .. } | FeedError::Rewound { .. })) => {
+                info!(error = %e, "reloading the revocation snapshot");
+                let rewound = matches!(e, FeedError::Rewound { .. });
                 let bundle = Arc::clone(&read(&shared.bundle));
                 match fetch_snapshot(&endpoint, &bundle.bundle).await {
-                    Ok(state) => install(&shared, state),
+                    Ok(state) => install(&shared, state, rewound),
                     Err(e) => warn!(error = %e, "revocation snapshot failed"),
                 }
             }
@@ -350,11 +351,15 @@ async fn follow_feed(shared: Arc<Shared>, endpoint: Endpoint) {
     }
 }
 
-/// Replaces the revocation state with one from a snapshot, unless ours is newer.
-fn install(shared: &Shared, state: RevocationState) {
+/// Replaces the revocation state with one from a snapshot, unless ours is
+/// newer. When the feed went back (a restored issuer), a snapshot with a
+/// lower sequence is the truth — but only one signed after our state was
+/// last known current, so a replayed old snapshot cannot undo revocations.
+fn install(shared: &Shared, state: RevocationState, rewound: bool) {
     let Some(lock) = &shared.revocations else { return };
     let mut current = write(lock);
-    if state.seq() >= current.seq() {
+    let newer = state.current_at() >= current.current_at();
+    if state.seq() >= current.seq() || (rewound && newer) {
         *current = state;
         shared.seq.send_replace(current.seq());
     }
@@ -376,6 +381,9 @@ async fn follow(shared: &Shared, endpoint: &Endpoint, caught_up: bool) -> Result
     }
     let bundle = Arc::clone(&read(&shared.bundle));
     let page = parse_page(&answer.body, &bundle.bundle)?;
+    if page.heartbeat.head < seq {
+        return Err(FeedError::Rewound { at: seq, head: page.heartbeat.head });
+    }
     if page.oldest > seq + 1 && page.events.first().is_none_or(|e| e.seq != seq + 1) {
         return Err(FeedError::Behind { after: seq, oldest: page.oldest });
     }
