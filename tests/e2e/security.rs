@@ -223,6 +223,10 @@ async fn banned_agent_gets_no_new_svids() {
         .find(|a| a["spiffe_id"] == agent.spiffe_id())
         .unwrap_or_else(|| panic!("agent not listed: {agents:?}"));
     assert_eq!(record["banned"], true, "{record}");
+    // Its name cannot be given a new join token.
+    let out = server.admin(&["join-token", "create", "--name", "tobeban", "--ttl", "10m"]);
+    assert!(!out.status.success(), "a join token for a banned agent's name");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is banned"), "{out:?}");
 
     // After the ban, a new entry for the same caller is never served.
     let after = spiffe_id("connector/after-ban");

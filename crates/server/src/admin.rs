@@ -173,6 +173,10 @@ impl Admin for AdminApi {
         if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
             return Err(ApiError::invalid("ttl", "must be between 1s and 7d").into());
         }
+        // A banned agent cannot come back under its old name.
+        if self.state.store.get_agent(&id).await.map_err(ApiError::from)?.is_some_and(|a| a.banned) {
+            return Err(ApiError::PermissionDenied(format!("agent {id} is banned; choose another name")).into());
+        }
         let secret = lanyard_ca::rand::bytes::<32>().map_err(|e| ApiError::Internal(e.to_string()))?;
         // Hex, so a token never starts with '-' and reads as a flag.
         let token = lanyard_core::hex::encode(&secret);
