@@ -9,6 +9,8 @@
 //! - [`resilience`]: rotation, server outage, SIGKILL durability;
 //! - [`rotation`]: signing key rotation across real processes, `ca rotate` and `ca revoke`;
 //! - [`cli`]: the command-line contract (errors on one line, files written);
+//! - [`deploy`]: deploy/ against the binary: the Kubernetes configs pass check-config; paths, ports,
+//!   probes and the Containerfile agree with them;
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
 //! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
 //! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL;
@@ -32,6 +34,7 @@
 
 mod audit;
 mod cli;
+mod deploy;
 mod harness;
 mod policy;
 mod resilience;
