@@ -51,7 +51,7 @@ pub(crate) async fn wait_channel(path: &Path) -> Channel {
             return c;
         }
         assert!(Instant::now() < deadline, "{} never came up", path.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -75,11 +75,19 @@ pub(crate) struct Cluster {
     pub(crate) admin: AdminClient<Channel>,
     /// The agent's socket path.
     pub(crate) agent_socket: PathBuf,
+    /// From spawning the server to its admin API answering.
+    pub(crate) started_in: Duration,
 }
 
 impl Cluster {
     /// Starts the server; register entries, then [`Cluster::start_agent`].
     pub(crate) async fn start(server_args: &[&str]) -> Self {
+        Self::start_prepared(server_args, |_| ()).await
+    }
+
+    /// [`Cluster::start`], after `prepare` has had the (not yet created)
+    /// store directory, e.g. to fill a store before the server opens it.
+    pub(crate) async fn start_prepared(server_args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
         let tmp = tempfile::Builder::new().prefix("lanyard-bench-").tempdir().expect("temp dir");
         // LANYARD_BENCH_KEEP=1 keeps the directory (logs, store) for a look afterwards.
         let tmp = if std::env::var_os("LANYARD_BENCH_KEEP").is_some() {
@@ -111,14 +119,17 @@ impl Cluster {
             &listen,
         ];
         args.extend_from_slice(server_args);
+        prepare(&data);
+        let spawned = Instant::now();
         let server = spawn(&dir, "server", &args);
         let mut admin = AdminClient::new(wait_channel(&admin_path).await);
         let bundle = loop {
             match admin.get_bundle(GetBundleRequest {}).await {
                 Ok(b) => break lanyard_agent::bundle_from_proto(&b.into_inner()).expect("bundle"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         };
+        let started_in = spawned.elapsed();
         std::fs::write(dir.join("ca.pem"), bundle.x509_pem()).expect("write ca");
         let token = admin
             .create_join_token(CreateJoinTokenRequest { name: "bench".into(), ttl_seconds: 600 })
@@ -136,6 +147,7 @@ impl Cluster {
             agent_id: token.spiffe_id,
             admin,
             agent_socket,
+            started_in,
         }
     }
 
