@@ -76,6 +76,7 @@ pub(crate) struct Cluster {
     /// The agent's socket path.
     pub(crate) agent_socket: PathBuf,
     /// From spawning the server to its admin API answering.
+    #[allow(dead_code, reason = "each bench compiles this module; only the scale bench reads it")]
     pub(crate) started_in: Duration,
 }
 
