@@ -1,4 +1,6 @@
 //! A server and an agent as real processes in a temp dir, for the benchmarks.
+// Every bench compiles this module on its own and uses part of it.
+#![allow(dead_code, reason = "shared by benches that each use some of it")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,7 +78,6 @@ pub(crate) struct Cluster {
     /// The agent's socket path.
     pub(crate) agent_socket: PathBuf,
     /// From spawning the server to its admin API answering.
-    #[allow(dead_code, reason = "each bench compiles this module; only the scale bench reads it")]
     pub(crate) started_in: Duration,
 }
 
