@@ -68,9 +68,13 @@ fn populate_now(dir: &std::path::Path, count: usize) {
             let store = Arc::clone(&store);
             writers.push(tokio::spawn(async move {
                 for i in (w..count).step_by(64) {
-                    let parent =
-                        if i < AGENT_ENTRIES { AGENT.to_owned() } else { format!("spiffe://example.org/agent/n{}", i % 100) };
-                    let event = AuditEvent { kind: "entry.create".into(), actor: "bench".into(), ..AuditEvent::default() };
+                    let parent = if i < AGENT_ENTRIES {
+                        AGENT.to_owned()
+                    } else {
+                        format!("spiffe://example.org/agent/n{}", i % 100)
+                    };
+                    let event =
+                        AuditEvent { kind: "entry.create".into(), actor: "bench".into(), ..AuditEvent::default() };
                     store.create_entry(entry(i, &parent, other_uid), event).await.expect("create entry");
                 }
             }));
