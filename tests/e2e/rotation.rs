@@ -227,3 +227,51 @@ async fn revoking_the_ca_re_mints_every_svid_it_signed_at_once() {
     let agent_log = std::fs::read_to_string(rig.agent.log()).unwrap();
     assert!(agent_log.contains("agent SVID renewed"), "the agent renewed its own SVID");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_upstream_ca_svids_chain_through_an_intermediate_to_the_operators_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Corp Root CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let root = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("root.pem"), dir.path().join("root.key"));
+    std::fs::write(&cert_path, root.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let upstream = ["--upstream-ca-cert", cert_path.to_str().unwrap(), "--upstream-ca-key", key_path.to_str().unwrap()];
+    let rig = TaskRig::start(&upstream, &[]);
+
+    // The bundle: the operator's root, then Lanyard's intermediate.
+    let roots = lanyard_ca::bundle::parse_pem(&rig.server.bundle_pem(), "CERTIFICATE").unwrap();
+    assert_eq!(roots.len(), 2, "root and intermediate");
+    assert_eq!(roots[0], root.der().to_vec());
+    // A workload's SVID, through the crates.io spiffe client: leaf and
+    // intermediate; the operator's root alone anchors it.
+    let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    let id = spiffe_id("upstream/watcher");
+    rig.server.create_entry(&id, &rig.agent.spiffe_id(), &[&format!("unix:path:{}", me.display())], &[]);
+    wait_served(&rig.agent, &id, SVID_TIMEOUT).await;
+    let client = WorkloadApiClient::connect_to(rig.agent.endpoint()).await.unwrap();
+    let context = client.fetch_x509_context().await.unwrap();
+    let svid = context.default_svid().unwrap();
+    let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    assert_eq!(chain[1], roots[1]);
+    verify_chain(&chain, &roots[..1], SystemTime::now(), Usage::Client).expect("chains to the operator's root alone");
+    // The agent itself runs on an intermediate-issued SVID, and task tokens work.
+    let task = rig.begin(&TaskSpec::default());
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+
+    // A rotated CA is another intermediate under the same root.
+    rig.server.admin_ok(&["ca", "rotate", "--kind", "x509-ca"]);
+    let roots = lanyard_ca::bundle::parse_pem(&rig.server.bundle_pem(), "CERTIFICATE").unwrap();
+    assert_eq!(roots.len(), 3, "root, old and new intermediates");
+    for intermediate in &roots[1..] {
+        verify_chain(std::slice::from_ref(intermediate), &roots[..1], SystemTime::now(), Usage::Client)
+            .expect_err("an intermediate is a CA, not a client SVID");
+        // The issuer name is the root's (its DER holds the name as text).
+        assert!(intermediate.windows(12).any(|w| w == b"Corp Root CA"), "issued by the operator's root");
+    }
+}

@@ -42,7 +42,7 @@ pub use bundle::{JwtAuthorityKey, JwtKeyPurpose, TrustBundle};
 pub use error::CaError;
 pub use jwt::{JwtAuthority, JwtSvidClaims, JwtSvidTemplate};
 pub use task_token::{SignedTaskToken, TaskTokenClaims, TaskTokenTemplate};
-pub use x509::{SignedCert, X509Authority, X509SvidTemplate};
+pub use x509::{SignedCert, UpstreamCa, X509Authority, X509SvidTemplate};
 
 use std::time::SystemTime;
 

@@ -293,3 +293,58 @@ fn task_token_never_outlives_its_key_and_refuses_empty_or_past() {
     assert!(key.sign_task_token(&task_template(0), now()).is_err());
     assert_eq!(task_token::jti_hash("abc").len(), 64);
 }
+
+/// An operator's root CA (P-256, self-signed, valid a day), as PEM.
+fn upstream_pem(ca: bool) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Corp Root CA");
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    }
+    params.not_before = (now() - Duration::from_secs(60)).into();
+    params.not_after = (now() + Duration::from_secs(86_400)).into();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn an_intermediate_under_an_upstream_root_signs_svids_that_chain_to_the_root() {
+    let (cert_pem, key_pem) = upstream_pem(true);
+    let upstream = UpstreamCa::from_pem(&cert_pem, &key_pem).unwrap();
+    // Asked for a week, the intermediate ends with its root (a day).
+    let ca = X509Authority::generate_under(&td(), now(), Duration::from_secs(7 * 86_400), &upstream).unwrap();
+    assert!(ca.is_intermediate());
+    assert!(ca.not_after() <= now() + Duration::from_secs(86_400));
+    let (_, t) = template(Duration::from_secs(3600));
+    let signed = ca.sign_svid(&t, now()).unwrap();
+    let chain = ca.chain(signed.der.clone());
+    assert_eq!(chain, [signed.der.clone(), ca.cert_der().to_vec()]);
+    // The upstream root alone anchors it; the leaf alone does not chain.
+    let root = vec![upstream.cert_der().to_vec()];
+    let info = verify_chain(&chain, &root, now(), Usage::Client).unwrap();
+    assert_eq!(info.spiffe_id, t.spiffe_id);
+    assert!(verify_chain(&chain[..1], &root, now(), Usage::Client).is_err());
+    // The intermediate still carries the trust domain, and survives storage.
+    assert_eq!(crate::svid::ca_trust_domain(ca.cert_der()), Some(td()));
+    let again = X509Authority::from_parts(ca.cert_der().to_vec(), &ca.pkcs8_der()).unwrap();
+    assert!(again.is_intermediate());
+    // A self-signed root presents the leaf alone.
+    let root_ca = X509Authority::generate(&td(), now(), Duration::from_secs(3600)).unwrap();
+    assert!(!root_ca.is_intermediate());
+    assert_eq!(root_ca.chain(vec![1]).len(), 1);
+}
+
+#[test]
+fn an_upstream_that_is_not_a_ca_or_whose_key_does_not_match_is_refused() {
+    let (cert_pem, key_pem) = upstream_pem(false);
+    let e = UpstreamCa::from_pem(&cert_pem, &key_pem).unwrap_err();
+    assert!(e.to_string().contains("not a CA"), "{e}");
+    let (cert_pem, _) = upstream_pem(true);
+    let (_, other_key) = upstream_pem(true);
+    let e = UpstreamCa::from_pem(&cert_pem, &other_key).unwrap_err();
+    assert!(e.to_string().contains("does not match"), "{e}");
+    let e = UpstreamCa::from_pem("", &other_key).unwrap_err();
+    assert!(e.to_string().contains("one certificate"), "{e}");
+}

@@ -1,5 +1,6 @@
-//! The X.509 certificate authority: a self-signed P-256 root that signs
-//! X.509-SVIDs exactly as the SPIFFE X509-SVID specification requires.
+//! The X.509 certificate authority: a P-256 CA that signs X.509-SVIDs exactly
+//! as the SPIFFE X509-SVID specification requires — a self-signed root, or an
+//! intermediate under an operator's existing root ([`UpstreamCa`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -38,12 +39,61 @@ pub struct SignedCert {
     pub not_after: SystemTime,
 }
 
-/// A CA key and its self-signed certificate.
+/// A CA key and its certificate (self-signed, or issued by an upstream CA).
 pub struct X509Authority {
     cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// Issued by another CA: sent after every leaf it signs.
+    intermediate: bool,
+}
+
+/// An operator's existing CA under which Lanyard's CAs are intermediates.
+pub struct UpstreamCa {
+    cert_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for UpstreamCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCa").field("not_after", &self.not_after).finish_non_exhaustive()
+    }
+}
+
+impl UpstreamCa {
+    /// The upstream CA certificate (PEM) and its private key (PEM PKCS#8).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let certs = crate::bundle::parse_pem(cert_pem, "CERTIFICATE")
+            .map_err(|e| CaError::BadKey(format!("upstream CA certificate: {e}")))?;
+        let [cert_der] = certs.as_slice() else {
+            return Err(CaError::BadKey(format!(
+                "the upstream CA file must hold one certificate, not {}",
+                certs.len()
+            )));
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadKey(format!("upstream CA key: {e}")))?;
+        let (not_after, spki, is_ca) = {
+            let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+                .map_err(|e| CaError::BadKey(format!("upstream CA certificate: {e}")))?;
+            (to_system_time(cert.validity().not_after.timestamp()), cert.public_key().raw.to_vec(), cert.is_ca())
+        };
+        if !is_ca {
+            return Err(CaError::BadKey("the upstream certificate is not a CA (basicConstraints cA)".into()));
+        }
+        use rcgen::PublicKeyData;
+        if spki != key.subject_public_key_info() {
+            return Err(CaError::BadKey("the upstream CA key does not match its certificate".into()));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)?;
+        Ok(Self { cert_der: cert_der.clone(), issuer, not_after })
+    }
+
+    /// The upstream CA certificate (DER): a trust anchor of the bundle.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
 }
 
 impl std::fmt::Debug for X509Authority {
@@ -59,17 +109,23 @@ impl X509Authority {
     /// Generates a new self-signed root for `td`, valid from `now` for `ttl`.
     pub fn generate(td: &TrustDomain, now: SystemTime, ttl: Duration) -> Result<Self, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&format!("Lanyard CA {td}"));
-        params.subject_alt_names = vec![SanType::URI(uri(&td.id())?)];
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.serial_number = Some(random_serial()?);
-        let not_before = now.checked_sub(lanyard_core::rotation::BACKDATE).unwrap_or(now);
-        let not_after = now + ttl;
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
+        let params = ca_params(td, now, now + ttl)?;
         let cert = params.self_signed(&key)?;
+        Self::from_parts(cert.der().to_vec(), &key.serialize_der())
+    }
+
+    /// Generates a new CA for `td` issued by `upstream` (an intermediate),
+    /// valid from `now` for `ttl` but never past the upstream CA.
+    pub fn generate_under(
+        td: &TrustDomain,
+        now: SystemTime,
+        ttl: Duration,
+        upstream: &UpstreamCa,
+    ) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca_params(td, now, (now + ttl).min(upstream.not_after))?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &upstream.issuer)?;
         Self::from_parts(cert.der().to_vec(), &key.serialize_der())
     }
 
@@ -77,7 +133,7 @@ impl X509Authority {
     /// checking that they belong together.
     pub fn from_parts(cert_der: Vec<u8>, pkcs8: &[u8]) -> Result<Self, CaError> {
         let key = KeyPair::try_from(pkcs8).map_err(|e| CaError::BadKey(e.to_string()))?;
-        let (not_before, not_after, spki) = {
+        let (not_before, not_after, spki, intermediate) = {
             let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
                 .map_err(|e| CaError::BadKey(format!("CA certificate: {e}")))?;
             let validity = cert.validity();
@@ -85,6 +141,7 @@ impl X509Authority {
                 to_system_time(validity.not_before.timestamp()),
                 to_system_time(validity.not_after.timestamp()),
                 cert.public_key().raw.to_vec(),
+                cert.issuer().as_raw() != cert.subject().as_raw(),
             )
         };
         use rcgen::PublicKeyData;
@@ -92,7 +149,21 @@ impl X509Authority {
             return Err(CaError::BadKey("CA key does not match its certificate".into()));
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)?;
-        Ok(Self { cert_der, issuer, not_before, not_after })
+        Ok(Self { cert_der, issuer, not_before, not_after, intermediate })
+    }
+
+    /// The chain to present for `leaf`, which this CA signed: the leaf, then
+    /// this CA's certificate when it is an intermediate.
+    pub fn chain(&self, leaf: Vec<u8>) -> Vec<Vec<u8>> {
+        match self.intermediate {
+            true => vec![leaf, self.cert_der.clone()],
+            false => vec![leaf],
+        }
+    }
+
+    /// Whether an upstream CA issued this one.
+    pub fn is_intermediate(&self) -> bool {
+        self.intermediate
     }
 
     /// The DER CA certificate, as published in the bundle.
@@ -142,6 +213,19 @@ impl X509Authority {
         let cert = params.signed_by(&public_key, &self.issuer)?;
         Ok(SignedCert { der: cert.der().to_vec(), serial: serial_hex, not_after })
     }
+}
+
+/// A CA certificate's parameters for `td`: its SPIFFE ID as the one URI SAN.
+fn ca_params(td: &TrustDomain, now: SystemTime, not_after: SystemTime) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&format!("Lanyard CA {td}"));
+    params.subject_alt_names = vec![SanType::URI(uri(&td.id())?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(random_serial()?);
+    params.not_before = now.checked_sub(lanyard_core::rotation::BACKDATE).unwrap_or(now).into();
+    params.not_after = not_after.into();
+    Ok(params)
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {

@@ -474,6 +474,13 @@ pub(crate) struct ServerRun {
     /// Lifetime of agent SVIDs.
     #[arg(long, default_value = "1h")]
     pub(crate) agent_ttl: Ttl,
+    /// An existing CA's certificate (PEM): Lanyard's CAs are issued as its
+    /// intermediates, and it anchors the bundle.
+    #[arg(long, value_name = "FILE", requires = "upstream_ca_key")]
+    pub(crate) upstream_ca_cert: Option<PathBuf>,
+    /// The private key (PEM PKCS#8) of --upstream-ca-cert.
+    #[arg(long, value_name = "FILE", requires = "upstream_ca_cert")]
+    pub(crate) upstream_ca_key: Option<PathBuf>,
     /// Key-encryption key (a 0600 file: 32 bytes raw, hex or base64): every
     /// private signing key in the store is sealed with it (AES-256-GCM).
     #[arg(long, value_name = "FILE", env = "LANYARD_KEK_FILE")]

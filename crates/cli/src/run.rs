@@ -83,6 +83,7 @@ fn server_config(args: ServerRun) -> ServerConfig {
     config.agent_svid_ttl = args.agent_ttl;
     config.ca_ttl = args.ca_ttl;
     config.kek_file = args.kek_file;
+    config.upstream_ca = args.upstream_ca_cert.zip(args.upstream_ca_key);
     config.jwt_key_ttl = args.jwt_key_ttl;
     config.policy_dir = args.policy;
     config.checkpoint_every = args.checkpoint_every;

@@ -275,17 +275,9 @@ impl Admin for AdminApi {
         let state = &self.state;
         let _serial = state.key_ops.lock().await;
         for kind in kinds {
-            crate::keys::rotate_now(
-                state.store.as_ref(),
-                &state.td,
-                kind,
-                state.now(),
-                state.config.lifetimes(),
-                state.kek.as_ref(),
-                &actor,
-            )
-            .await
-            .map_err(internal)?;
+            crate::keys::rotate_now(state.store.as_ref(), state.key_context(), kind, state.now(), &actor)
+                .await
+                .map_err(internal)?;
         }
         crate::keys::refresh(state).await.map_err(internal)?;
         Ok(Response::new(crate::keys::list(state).await.map_err(internal)?))

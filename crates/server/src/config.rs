@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub ca_ttl: Duration,
     /// Lifetime of each JWT-SVID and task-token key; rotated the same way.
     pub jwt_key_ttl: Duration,
+    /// PEM certificate and key of an existing CA: Lanyard's CAs are issued
+    /// as its intermediates.
+    pub upstream_ca: Option<(PathBuf, PathBuf)>,
     /// A file holding the key-encryption key that seals private keys at rest.
     pub kek_file: Option<PathBuf>,
     /// Lifetime of agent SVIDs.
@@ -58,6 +61,7 @@ impl ServerConfig {
             bundle_tls: None,
             ca_ttl: Duration::from_secs(86_400),
             jwt_key_ttl: Duration::from_secs(86_400),
+            upstream_ca: None,
             kek_file: None,
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lanyard_ca::{JwtAuthority, JwtAuthorityKey, JwtKeyPurpose, TrustBundle, X509Authority};
+use lanyard_ca::{JwtAuthority, JwtAuthorityKey, JwtKeyPurpose, TrustBundle, UpstreamCa, X509Authority};
 use lanyard_core::{TrustDomain, from_unix_secs, unix_secs};
 use lanyard_proto::admin::{KeyInfo, ListKeysResponse};
 use lanyard_store::{AuditEvent, KeyKind, KeyRecord, Store};
@@ -73,42 +73,47 @@ impl Keys {
     }
 }
 
+/// What making and loading keys needs besides the store.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyContext<'a> {
+    /// The trust domain the CAs are for.
+    pub(crate) td: &'a TrustDomain,
+    /// How long keys live.
+    pub(crate) lifetimes: Lifetimes,
+    /// Seals private keys at rest, when configured.
+    pub(crate) kek: Option<&'a Kek>,
+    /// Issues Lanyard's CAs as intermediates, when configured.
+    pub(crate) upstream: Option<&'a UpstreamCa>,
+}
+
 /// The published keys; subscribers learn of every change.
 pub(crate) type KeyWatch = watch::Sender<Arc<Keys>>;
 
 /// Takes every step now due for every kind of key (each durable and
 /// audited before the next), then builds the keys from the store.
-pub(crate) async fn reconcile(
-    store: &dyn Store,
-    td: &TrustDomain,
-    now: SystemTime,
-    lifetimes: Lifetimes,
-    kek: Option<&Kek>,
-) -> Result<Keys, StartError> {
+pub(crate) async fn reconcile(store: &dyn Store, ctx: KeyContext<'_>, now: SystemTime) -> Result<Keys, StartError> {
     let now_s = unix_secs(now);
     for kind in KINDS {
         // At most two steps per kind at a time (create, then nothing; or
         // revoke-driven activate): bounded, so a bug cannot spin here.
         for _ in 0..2 {
             let records = store.list_keys().await?;
-            let Some(step) = key_lifecycle::plan(&records, kind, now_s, lifetimes.of(kind).as_secs()) else {
+            let Some(step) = key_lifecycle::plan(&records, kind, now_s, ctx.lifetimes.of(kind).as_secs()) else {
                 break;
             };
-            take_step(store, td, &records, kind, step, now, lifetimes, kek).await?;
+            take_step(store, ctx, &records, kind, step, now).await?;
         }
     }
-    build(td, &store.list_keys().await?, now_s, lifetimes.refresh_hint(), kek)
+    build(ctx, &store.list_keys().await?, now_s)
 }
 
 /// Forces a new active key of `kind` now: the prepared one if there is one,
 /// else a new one. The old key stays published until it expires.
 pub(crate) async fn rotate_now(
     store: &dyn Store,
-    td: &TrustDomain,
+    ctx: KeyContext<'_>,
     kind: KeyKind,
     now: SystemTime,
-    lifetimes: Lifetimes,
-    kek: Option<&Kek>,
     actor: &str,
 ) -> Result<(), StartError> {
     let records = store.list_keys().await?;
@@ -123,19 +128,16 @@ pub(crate) async fn rotate_now(
         _ => Step::CreateActive,
     };
     tracing::info!(kind = kind_label(kind), %actor, ?step, "forced key rotation");
-    take_step(store, td, &records, kind, step, now, lifetimes, kek).await
+    take_step(store, ctx, &records, kind, step, now).await
 }
 
-#[expect(clippy::too_many_arguments, reason = "one step of the plan, with everything it may need")]
 async fn take_step(
     store: &dyn Store,
-    td: &TrustDomain,
+    ctx: KeyContext<'_>,
     records: &[KeyRecord],
     kind: KeyKind,
     step: Step,
     now: SystemTime,
-    lifetimes: Lifetimes,
-    kek: Option<&Kek>,
 ) -> Result<(), StartError> {
     let now_s = unix_secs(now);
     // Activation times order the keys of a kind: a key activated in the same
@@ -149,7 +151,7 @@ async fn take_step(
     match step {
         Step::CreateActive | Step::Prepare => {
             let activated_at = (step == Step::CreateActive).then_some(activation);
-            let record = seal(generate(td, kind, now, lifetimes.of(kind), activated_at)?, kek)?;
+            let record = seal(generate(ctx, kind, now, activated_at)?, ctx.kek)?;
             let what = if activated_at.is_some() { "key.create" } else { "key.prepare" };
             tracing::info!(kind = kind_label(kind), id = %record.id, what, "signing key created");
             let audit = key_audit(now_s, what, kind, &record.id);
@@ -239,16 +241,19 @@ pub(crate) async fn seal_at_rest(store: &dyn Store, kek: Option<&Kek>, now: Syst
 
 /// A new key of `kind`, as a store record.
 fn generate(
-    td: &TrustDomain,
+    ctx: KeyContext<'_>,
     kind: KeyKind,
     now: SystemTime,
-    lifetime: Duration,
     activated_at: Option<u64>,
 ) -> Result<KeyRecord, StartError> {
+    let lifetime = ctx.lifetimes.of(kind);
     let now_s = unix_secs(now);
     Ok(match kind {
         KeyKind::X509Ca => {
-            let ca = X509Authority::generate(td, now, lifetime)?;
+            let ca = match ctx.upstream {
+                Some(upstream) => X509Authority::generate_under(ctx.td, now, lifetime, upstream)?,
+                None => X509Authority::generate(ctx.td, now, lifetime)?,
+            };
             let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der())
                 .map_err(|e| StartError::Keys(format!("new CA certificate: {e}")))?;
             KeyRecord {
@@ -281,13 +286,8 @@ fn generate(
 }
 
 /// The active keys and the bundle of every published one.
-fn build(
-    td: &TrustDomain,
-    records: &[KeyRecord],
-    now: u64,
-    refresh_hint: Duration,
-    kek: Option<&Kek>,
-) -> Result<Keys, StartError> {
+fn build(ctx: KeyContext<'_>, records: &[KeyRecord], now: u64) -> Result<Keys, StartError> {
+    let kek = ctx.kek;
     let active = |kind| {
         key_lifecycle::active(records, kind, now)
             .ok_or_else(|| StartError::Keys(format!("no active {} key", kind_label(kind))))
@@ -310,7 +310,10 @@ fn build(
     let mut published: Vec<&KeyRecord> =
         records.iter().filter(|r| key_lifecycle::phase(records, r, now).published()).collect();
     published.sort_by_key(|r| (r.not_before, KINDS.iter().position(|k| *k == r.kind), r.id.clone()));
-    let mut x509_authorities = Vec::new();
+    // The upstream root anchors everything its intermediates sign; the
+    // intermediates are published too, so a relying party without the root
+    // (or one reading the trust domain off a CA) still verifies.
+    let mut x509_authorities: Vec<Vec<u8>> = ctx.upstream.map(|u| u.cert_der().to_vec()).into_iter().collect();
     let mut jwt_authorities = Vec::new();
     for r in &published {
         match r.kind {
@@ -323,11 +326,11 @@ fn build(
         }
     }
     let bundle = TrustBundle {
-        trust_domain: td.clone(),
+        trust_domain: ctx.td.clone(),
         x509_authorities,
         jwt_authorities,
         sequence: key_lifecycle::bundle_sequence(records, now),
-        refresh_hint,
+        refresh_hint: ctx.lifetimes.refresh_hint(),
     };
     let fingerprint = (
         vec![x509_record.id.clone(), jwt_record.id.clone(), task_record.id.clone()],
@@ -352,8 +355,7 @@ pub(crate) async fn rotate_loop(state: Arc<crate::state::State>) {
 /// One rotation pass; publishes the keys when they changed. Callers hold
 /// `state.key_ops`.
 pub(crate) async fn refresh(state: &crate::state::State) -> Result<(), StartError> {
-    let kek = state.kek.as_ref();
-    let mut keys = reconcile(state.store.as_ref(), &state.td, state.now(), state.config.lifetimes(), kek).await?;
+    let mut keys = reconcile(state.store.as_ref(), state.key_context(), state.now()).await?;
     let current = state.keys();
     if keys.fingerprint != current.fingerprint {
         // Two changes within one second: the sequence still moves on.

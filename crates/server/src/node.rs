@@ -72,15 +72,23 @@ impl NodeApi {
         Ok(AgentCaller { id: info.spiffe_id, record })
     }
 
-    /// Signs an agent SVID for the key in `csr_der`.
-    fn sign_agent_svid(&self, id: &SpiffeId, csr_der: &[u8]) -> Result<lanyard_ca::SignedCert, ApiError> {
+    /// Signs an agent SVID for the key in `csr_der`; with the chain to present
+    /// (the leaf, and the CA when it is an upstream CA's intermediate).
+    fn sign_agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<(lanyard_ca::SignedCert, Vec<Vec<u8>>), ApiError> {
         let template = X509SvidTemplate {
             spiffe_id: id.clone(),
             dns_names: Vec::new(),
             ttl: self.state.config.agent_svid_ttl.as_duration(),
             public_key: csr::parse_csr(csr_der)?,
         };
-        Ok(self.state.keys().x509.sign_svid(&template, self.state.now())?)
+        let keys = self.state.keys();
+        let signed = keys.x509.sign_svid(&template, self.state.now())?;
+        let chain = keys.x509.chain(signed.der.clone());
+        Ok((signed, chain))
     }
 
     /// Looks up an entry the caller may serve: it exists, names the caller as
@@ -114,7 +122,12 @@ impl NodeApi {
         Ok(out)
     }
 
-    async fn mint_x509(&self, caller: &AgentCaller, req: &X509SvidRequest) -> Result<(Vec<u8>, AuditEvent), ApiError> {
+    /// Mints one X.509-SVID: its chain, and the audit record to make durable first.
+    async fn mint_x509(
+        &self,
+        caller: &AgentCaller,
+        req: &X509SvidRequest,
+    ) -> Result<(Vec<Vec<u8>>, AuditEvent), ApiError> {
         let entry = self.served_entry(caller, &req.entry_id).await?;
         let template = X509SvidTemplate {
             spiffe_id: entry.spiffe_id.clone(),
@@ -122,7 +135,8 @@ impl NodeApi {
             ttl: entry.x509_ttl.as_duration(),
             public_key: csr::parse_csr(&req.csr)?,
         };
-        let signed = self.state.keys().x509.sign_svid(&template, self.state.now())?;
+        let keys = self.state.keys();
+        let signed = keys.x509.sign_svid(&template, self.state.now())?;
         let audit = self.state.audit(
             "x509svid.mint",
             caller.id.as_str(),
@@ -133,7 +147,7 @@ impl NodeApi {
                 "not_after": unix_secs(signed.not_after),
             }),
         );
-        Ok((signed.der, audit))
+        Ok((keys.x509.chain(signed.der), audit))
     }
 }
 
@@ -183,11 +197,11 @@ impl Node for NodeApi {
         let mut audits = Vec::new();
         for r in requests {
             match self.mint_x509(&caller, r).await {
-                Ok((der, audit)) => {
+                Ok((chain, audit)) => {
                     audits.push(audit);
                     results.push(X509SvidResult {
                         entry_id: r.entry_id.clone(),
-                        svid_chain: vec![der],
+                        svid_chain: chain,
                         error: String::new(),
                     });
                 }
@@ -389,7 +403,7 @@ impl NodeApi {
         {
             return Err(ApiError::PermissionDenied("agent is banned".into()));
         }
-        let signed = self.sign_agent_svid(&id, &req.csr)?;
+        let (signed, chain) = self.sign_agent_svid(&id, &req.csr)?;
         let record = AgentRecord {
             spiffe_id: id.clone(),
             name: token.name.clone(),
@@ -409,7 +423,7 @@ impl NodeApi {
         tracing::info!(agent = %id, "agent attested");
         Ok(Response::new(AttestResponse {
             spiffe_id: id.to_string(),
-            svid_chain: vec![signed.der],
+            svid_chain: chain,
             bundle: Some(bundle_to_proto(&self.state.keys().bundle)),
         }))
     }
@@ -419,7 +433,7 @@ impl NodeApi {
         req: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, ApiError> {
         let caller = self.authenticate(&req).await?;
-        let signed = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
+        let (signed, chain) = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
         let record = AgentRecord {
             svid_serial: signed.serial.clone(),
             svid_expires_at: unix_secs(signed.not_after),
@@ -433,7 +447,7 @@ impl NodeApi {
             serde_json::json!({ "serial": signed.serial }),
         );
         self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
-        Ok(Response::new(RenewAgentResponse { svid_chain: vec![signed.der] }))
+        Ok(Response::new(RenewAgentResponse { svid_chain: chain }))
     }
 
     async fn mint_jwt_svid_inner(

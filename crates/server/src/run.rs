@@ -64,6 +64,7 @@ const MIN_KEY_LIFETIME: Duration = Duration::from_secs(6);
 /// What [`check`] loaded on the way.
 struct Checked {
     kek: Option<crate::kek::Kek>,
+    upstream: Option<lanyard_ca::UpstreamCa>,
 }
 
 /// The checks that need no store and no socket: URLs, lifetimes, the KEK
@@ -87,14 +88,25 @@ fn check(config: &ServerConfig) -> Result<Checked, StartError> {
     if let Some((cert, key)) = &config.bundle_tls {
         crate::https::load_tls(cert, key)?;
     }
-    Ok(Checked { kek })
+    let upstream = match &config.upstream_ca {
+        Some((cert, key)) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
+            };
+            let upstream = lanyard_ca::UpstreamCa::from_pem(&read(cert)?, &read(key)?)
+                .map_err(|e| StartError::Config(format!("--upstream-ca-cert/--upstream-ca-key: {e}")))?;
+            Some(upstream)
+        }
+        None => None,
+    };
+    Ok(Checked { kek, upstream })
 }
 
 /// Checks a configuration without starting anything (`server check-config`):
 /// everything [`Server::bind`] checks before it opens the store and binds,
 /// and the policies load. Says what it found on success.
 pub async fn check_config(config: &ServerConfig) -> Result<Vec<String>, StartError> {
-    let Checked { kek } = check(config)?;
+    let Checked { kek, upstream } = check(config)?;
     let policy = crate::policy::load(config.policy_dir.as_deref())
         .await
         .map_err(|e| StartError::Config(format!("--policy: {e}")))?;
@@ -106,6 +118,9 @@ pub async fn check_config(config: &ServerConfig) -> Result<Vec<String>, StartErr
     if let Some(addr) = config.bundle_listen {
         let scheme = if config.bundle_tls.is_some() { "https" } else { "http" };
         found.push(format!("bundle endpoint on {scheme}://{addr}"));
+    }
+    if upstream.is_some() {
+        found.push("CAs issued as intermediates of the upstream CA".to_owned());
     }
     found.push(match kek {
         Some(_) => "private keys sealed with the KEK".to_owned(),
@@ -135,11 +150,13 @@ impl Server {
 
     /// As [`Server::bind`], with an injected clock.
     pub async fn bind_with_clock(mut config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
-        let Checked { kek } = check(&config)?;
+        let Checked { kek, upstream } = check(&config)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         let td = config.trust_domain.clone();
         keys::seal_at_rest(store.as_ref(), kek.as_ref(), clock.now()).await?;
-        let keys = keys::reconcile(store.as_ref(), &td, clock.now(), config.lifetimes(), kek.as_ref()).await?;
+        let context =
+            keys::KeyContext { td: &td, lifetimes: config.lifetimes(), kek: kek.as_ref(), upstream: upstream.as_ref() };
+        let keys = keys::reconcile(store.as_ref(), context, clock.now()).await?;
         let (server_cert, server_cert_not_after) = ServerCert::new(&keys.x509, &td, clock.now())?;
         let node_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
         let bundle_listener = match config.bundle_listen {
@@ -174,6 +191,7 @@ impl Server {
             key_ops: tokio::sync::Mutex::new(()),
             kek,
             metrics: crate::metrics::Metrics::default(),
+            upstream,
         });
         Ok(Self {
             state,

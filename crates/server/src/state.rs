@@ -38,6 +38,8 @@ pub(crate) struct State {
     pub(crate) kek: Option<crate::kek::Kek>,
     /// What `/metrics` reports.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Issues Lanyard's CAs as intermediates, when configured.
+    pub(crate) upstream: Option<lanyard_ca::UpstreamCa>,
 }
 
 impl State {
@@ -50,6 +52,16 @@ impl State {
             Ok(p) => Arc::clone(&p),
             // A panic while swapping cannot leave a half-written Arc behind.
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// What making and loading signing keys needs.
+    pub(crate) fn key_context(&self) -> crate::keys::KeyContext<'_> {
+        crate::keys::KeyContext {
+            td: &self.td,
+            lifetimes: self.config.lifetimes(),
+            kek: self.kek.as_ref(),
+            upstream: self.upstream.as_ref(),
         }
     }
 

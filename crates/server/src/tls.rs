@@ -66,7 +66,7 @@ fn mint(ca: &X509Authority, td: &TrustDomain, now: SystemTime) -> Result<(Arc<Ce
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
     let signer = rustls::crypto::ring::sign::any_ecdsa_type(&key_der)
         .map_err(|e| StartError::Keys(format!("server key: {e}")))?;
-    let chain = vec![CertificateDer::from(signed.der)];
+    let chain = ca.chain(signed.der).into_iter().map(CertificateDer::from).collect();
     Ok((Arc::new(CertifiedKey::new(chain, signer)), signed.not_after))
 }
 
