@@ -22,6 +22,12 @@ bench:
     cargo bench -p lanyard-ca --bench mint
     cargo bench -p lanyard --bench workload_fetch
 
+# `lanyard bench` (x509, jwt, task-token, verify) against a release server and
+# agent started in a temp dir; ARGS go to `lanyard bench` (e.g. --duration 5s).
+bench-e2e *ARGS:
+    cargo build --release -p lanyard
+    scripts/bench-e2e.sh {{ARGS}}
+
 # What CI runs.
 ci:
     .ci/run

@@ -9,6 +9,7 @@
 //! - [`resilience`]: rotation, server outage, SIGKILL durability;
 //! - [`rotation`]: signing key rotation across real processes, `ca rotate` and `ca revoke`;
 //! - [`cli`]: the command-line contract (errors on one line, files written);
+//! - [`loadgen`]: `lanyard bench` against a real server and agent;
 //! - [`deploy`]: deploy/ against the binary: the Kubernetes configs pass check-config; paths, ports,
 //!   probes and the Containerfile agree with them;
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
@@ -36,6 +37,7 @@ mod audit;
 mod cli;
 mod deploy;
 mod harness;
+mod loadgen;
 mod policy;
 mod resilience;
 mod rotation;

@@ -66,6 +66,44 @@ pub(crate) enum Command {
     Audit(AuditCommand),
     /// Start a server and an agent in a temp dir, issue and check SVIDs and a task token, stop.
     Demo,
+    /// Load a running agent (and through it the server) with concurrent workloads; print throughput and latency.
+    Bench(BenchArgs),
+}
+
+/// `lanyard bench`: this process must be registered as a workload (the agent attests it as itself).
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// An operation to drive; repeatable (default: x509 and jwt, task-token with --task, verify with --bundle-url too).
+    #[arg(long = "op", value_enum, value_name = "OP")]
+    pub(crate) ops: Vec<crate::loadgen::Op>,
+    /// Concurrent simulated workloads, each on its own connection to the agent.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) workloads: u32,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = lanyard_core::parse_duration)]
+    pub(crate) duration: std::time::Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "1s", value_parser = lanyard_core::parse_duration)]
+    pub(crate) warmup: std::time::Duration,
+    /// The audience of the JWT-SVIDs and task tokens.
+    #[arg(long, default_value = "bench")]
+    pub(crate) audience: String,
+    /// The task to fetch task tokens for.
+    #[arg(long, requires = "tools")]
+    pub(crate) task: Option<String>,
+    /// A tool for the task tokens; repeatable.
+    #[arg(long = "tool", requires = "task")]
+    pub(crate) tools: Vec<String>,
+    /// The task tokens' action: read, write, delete or execute.
+    #[arg(long, default_value = "read")]
+    pub(crate) action: String,
+    /// The issuer's bundle endpoint, to verify the fetched task tokens against.
+    #[arg(long, value_name = "URL")]
+    pub(crate) bundle_url: Option<String>,
+    #[command(flatten)]
+    pub(crate) socket: WorkloadSocket,
+    #[command(flatten)]
+    pub(crate) output: OutputArg,
 }
 
 /// Where a command that an admin or a workload may run is sent: the admin

@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod config;
 mod demo;
+mod loadgen;
 mod output;
 mod run;
 mod tasks;
@@ -96,6 +97,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Svid(cmd) => workload::svid(cmd).await,
         Command::Jwt(cmd) => workload::jwt(cmd).await,
         Command::Demo => demo::run().await,
+        Command::Bench(args) => loadgen::run(args).await,
     };
     done.map(|()| Outcome::Done)
 }
