@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use lanyard_ca::csr;
-use lanyard_proto::admin::BanAgentRequest;
+use lanyard_proto::admin::{BanAgentRequest, CreateJoinTokenRequest};
 use lanyard_proto::node::{
     AttestRequest, MintJwtSvidRequest, MintX509SvidsRequest, RenewAgentRequest, SyncRequest, X509SvidRequest,
 };
@@ -110,6 +110,8 @@ async fn a_banned_agent_gets_nothing_not_even_renewal() {
     let mine = f.entry("spiffe://example.org/mine", "spiffe://example.org/agent/node1").await;
     let mut stream = node1.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap().into_inner();
     stream.message().await.unwrap().unwrap();
+    // A join token for the same name, made before the ban.
+    let earlier = f.token("node1", 60).await;
 
     f.admin.ban_agent(BanAgentRequest { spiffe_id: "spiffe://example.org/agent/node1".into() }).await.unwrap();
 
@@ -120,10 +122,12 @@ async fn a_banned_agent_gets_nothing_not_even_renewal() {
     let (_, request) = csr::new_key_and_csr().unwrap();
     let renew = node1.renew_agent(RenewAgentRequest { csr: request }).await.unwrap_err();
     assert_eq!(renew.code(), Code::PermissionDenied);
-    // Nor can it come back with a fresh join token under the same name.
-    let token = f.token("node1", 60).await;
+    // Nor can it come back under the same name: no new join token is made
+    // for it, and one made before the ban is refused at attestation.
+    let req = CreateJoinTokenRequest { name: "node1".into(), ttl_seconds: 60 };
+    assert_eq!(f.admin.create_join_token(req).await.unwrap_err().code(), Code::PermissionDenied);
     let (_, request) = csr::new_key_and_csr().unwrap();
-    let back = f.anonymous().await.attest(AttestRequest { join_token: token, csr: request }).await.unwrap_err();
+    let back = f.anonymous().await.attest(AttestRequest { join_token: earlier, csr: request }).await.unwrap_err();
     assert_eq!(back.code(), Code::PermissionDenied);
 }
 

@@ -348,14 +348,9 @@ async fn next_sync_messages(
     if changes.upserted.is_empty() && changes.removed.is_empty() && !changes.snapshot && !bundle_changed {
         return Ok((Vec::new(), changes.revision));
     }
-    let mut messages: Vec<SyncResponse> = changes
-        .upserted
-        .chunks(SYNC_CHUNK)
-        .map(|chunk| SyncResponse { upserted: chunk.iter().map(entry_to_proto).collect(), ..SyncResponse::default() })
-        .collect();
-    if messages.is_empty() {
-        messages.push(SyncResponse::default());
-    }
+    let upserted = changes.upserted.iter().map(entry_to_proto).collect();
+    let removed = changes.removed.iter().map(ToString::to_string).collect();
+    let mut messages = chunk_sync(upserted, removed);
     // Only the first message starts a snapshot; only the last completes it.
     messages[0].snapshot = changes.snapshot;
     let count = messages.len();
@@ -367,10 +362,45 @@ async fn next_sync_messages(
         messages[0].bundle = Some(bundle_to_proto(bundle));
         *sent_bundle = Some(bundle.sequence);
     }
-    if let Some(last) = messages.last_mut() {
-        last.removed = changes.removed.iter().map(ToString::to_string).collect();
-    }
     Ok((messages, changes.revision))
+}
+
+/// Largest encoded sync message the server means to send: a quarter of
+/// gRPC's 4 MiB default, whatever the entries hold.
+pub(crate) const SYNC_MESSAGE_BUDGET: usize = 1 << 20;
+
+/// Splits entries and removals into messages of at most [`SYNC_CHUNK`]
+/// entries and about [`SYNC_MESSAGE_BUDGET`] bytes each (a single entry
+/// larger than that goes alone); always at least one message.
+pub(crate) fn chunk_sync(upserted: Vec<common::Entry>, removed: Vec<String>) -> Vec<SyncResponse> {
+    use prost::Message as _;
+    // Field tag and length prefix of each repeated element, at most.
+    const OVERHEAD: usize = 6;
+    let mut messages = Vec::new();
+    let mut current = SyncResponse::default();
+    let mut size = 0;
+    let mut flush = |current: &mut SyncResponse, size: &mut usize| {
+        messages.push(std::mem::take(current));
+        *size = 0;
+    };
+    for entry in upserted {
+        let len = entry.encoded_len() + OVERHEAD;
+        if !current.upserted.is_empty() && (current.upserted.len() >= SYNC_CHUNK || size + len > SYNC_MESSAGE_BUDGET) {
+            flush(&mut current, &mut size);
+        }
+        size += len;
+        current.upserted.push(entry);
+    }
+    for id in removed {
+        let len = id.len() + OVERHEAD;
+        if size + len > SYNC_MESSAGE_BUDGET {
+            flush(&mut current, &mut size);
+        }
+        size += len;
+        current.removed.push(id);
+    }
+    flush(&mut current, &mut size);
+    messages
 }
 
 /// The bodies of the minting RPCs, which the trait methods time and count.

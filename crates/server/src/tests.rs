@@ -656,3 +656,29 @@ async fn with_a_kek_no_private_key_is_stored_in_the_clear() {
     assert!(private_keys(&dir.path().join("plain"), Some(&kek)).await.iter().all(|(sealed, _)| *sealed));
     assert_ne!(pem, plain_pem);
 }
+
+#[test]
+fn sync_messages_stay_far_below_the_grpc_limit_whatever_the_entries_hold() {
+    use prost::Message as _;
+    let entry = |i: usize, selectors: usize| Entry {
+        id: format!("{i:032x}"),
+        spiffe_id: format!("spiffe://example.org/connector/{i}"),
+        parent_id: "spiffe://example.org/agent/a".into(),
+        selectors: (0..selectors).map(|s| format!("unix:path:/opt/app/{s:0>200}")).collect(),
+        ..Entry::default()
+    };
+    // Small entries: 500 a message. Large ones: by size. Many removals: split too.
+    for (entries, selectors, removed) in [(1_200, 1, 0), (300, 100, 0), (10, 1, 100_000), (0, 0, 0)] {
+        let upserted: Vec<Entry> = (0..entries).map(|i| entry(i, selectors)).collect();
+        let removals: Vec<String> = (0..removed).map(|i| format!("{i:032x}")).collect();
+        let messages = crate::node::chunk_sync(upserted.clone(), removals.clone());
+        assert!(!messages.is_empty());
+        for m in &messages {
+            assert!(m.encoded_len() <= crate::node::SYNC_MESSAGE_BUDGET, "{} bytes", m.encoded_len());
+            assert!(m.upserted.len() <= crate::limits::SYNC_CHUNK);
+        }
+        let all: Vec<Entry> = messages.iter().flat_map(|m| m.upserted.clone()).collect();
+        let gone: Vec<String> = messages.iter().flat_map(|m| m.removed.clone()).collect();
+        assert_eq!((all, gone), (upserted, removals), "everything, in order, once");
+    }
+}
