@@ -12,6 +12,7 @@
 //! - [`loadgen`]: `lanyard bench` against a real server and agent;
 //! - [`deploy`]: deploy/ against the binary: the Kubernetes configs pass check-config; paths, ports,
 //!   probes and the Containerfile agree with them;
+//! - [`torture`]: SIGKILL at random moments under mixed load, again and again;
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
 //! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
 //! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL;
@@ -44,4 +45,5 @@ mod rotation;
 mod security;
 mod spiffe_client;
 mod tasks;
+mod torture;
 mod verify;
