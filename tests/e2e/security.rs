@@ -302,3 +302,84 @@ fn admin_socket_is_owner_only() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A connection to the agent's `socket` made by a `python3` process, and
+/// relayed to a socket of ours: the agent sees that process as the caller.
+/// With `exit`, the process that connected forks and exits at once, leaving
+/// a child to relay; otherwise it relays itself and stays alive.
+fn connection_made_by_another_process(
+    socket: &Path,
+    relay: &Path,
+    exit: bool,
+) -> (std::os::unix::net::UnixStream, std::process::Child) {
+    let script = "import os,socket,sys,threading\n\
+                  s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+                  if sys.argv[3]=='exit' and os.fork()!=0: os._exit(0)\n\
+                  l=socket.socket(socket.AF_UNIX); l.bind(sys.argv[2]); l.listen(1); c,_=l.accept()\n\
+                  def pump(a,b):\n\
+                  \x20 while True:\n\
+                  \x20   d=a.recv(65536)\n\
+                  \x20   if not d: break\n\
+                  \x20   b.sendall(d)\n\
+                  threading.Thread(target=pump,args=(s,c),daemon=True).start(); pump(c,s)\n";
+    let child = std::process::Command::new("python3")
+        .args(["-c", script, socket.to_str().unwrap(), relay.to_str().unwrap(), if exit { "exit" } else { "stay" }])
+        .spawn()
+        .unwrap();
+    let stream =
+        eventually(Duration::from_secs(10), "the relay socket", || std::os::unix::net::UnixStream::connect(relay));
+    (stream, child)
+}
+
+/// FetchX509SVID over an already-connected socket.
+async fn fetch_x509_over(stream: std::os::unix::net::UnixStream) -> Result<(), tonic::Status> {
+    stream.set_nonblocking(true).unwrap();
+    let stream = std::sync::Mutex::new(Some(tokio::net::UnixStream::from_std(stream).unwrap()));
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let stream = stream.lock().unwrap().take();
+            async move {
+                let stream = stream.ok_or_else(|| std::io::Error::other("used once"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+    let mut stream = client.fetch_x509svid(with_header(X509svidRequest {})).await?.into_inner();
+    stream.message().await?.map(drop).ok_or_else(|| tonic::Status::unknown("no message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_process_has_exited_gets_no_identity() {
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import socket; socket.send_fds")
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        eprintln!("SKIPPED: python3 with socket.send_fds is needed to make a connection in another process");
+        return;
+    }
+    let server = TestServer::start();
+    let agent = TestAgent::start(&server, "exited");
+    let id = spiffe_id("connector/by-uid");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    wait_served(&agent, &id, SVID_TIMEOUT).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Control: the process that connected is alive (same uid): served.
+    let (stream, mut alive) = connection_made_by_another_process(&agent.socket(), &dir.path().join("a"), false);
+    fetch_x509_over(stream).await.expect("a live caller with a matching uid is served");
+    alive.wait().unwrap();
+
+    // The process that connected exits before the call (its child relays):
+    // the agent cannot attest it — and a process that later reuses its PID
+    // started after the connection, which the agent also refuses — so
+    // nothing is served.
+    let (stream, mut gone) = connection_made_by_another_process(&agent.socket(), &dir.path().join("b"), true);
+    assert!(gone.wait().unwrap().success());
+    let refused = fetch_x509_over(stream).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains(lanyard_agent::NO_IDENTITY), "{refused:?}");
+}
