@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::harness::{
     COMMAND_TIMEOUT, SVID_TIMEOUT, TD, TestAgent, TestServer, eventually, free_port, key_certified_by, lanyard,
-    own_selector, run, spiffe_id, stderr_lines, success,
+    other_uid, own_selector, own_uid, run, spiffe_id, stderr_lines, success,
 };
 
 /// Asserts a failed command: non-zero exit and exactly one line on stderr; that line.
@@ -380,4 +380,20 @@ async fn the_agent_serves_metrics_and_logs_json_lines() {
             assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
         }
     }
+}
+
+#[test]
+fn admin_commands_refuse_a_socket_owned_by_another_user() {
+    if own_uid() != 0 {
+        eprintln!("SKIPPED: giving a socket to another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::os::unix::fs::chown(&path, Some(other_uid()), None).unwrap();
+    let mut cmd = lanyard();
+    cmd.args(["entry", "list", "--admin-socket", path.to_str().unwrap()]);
+    let line = one_line_failure("entry list over another user's socket", &run(cmd, COMMAND_TIMEOUT));
+    assert!(line.contains("is owned by uid") && line.contains("not by you"), "{line}");
 }

@@ -23,10 +23,32 @@ async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
 
 /// A client for the server's admin API.
 pub(crate) async fn admin(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
+    check_socket_owner(socket)?;
     let channel = unix_channel(socket)
         .await
         .with_context(|| format!("cannot reach the server's admin socket {}", socket.display()))?;
     Ok(AdminClient::new(channel))
+}
+
+/// Refuses an admin socket that neither this user nor root owns: in a
+/// shared directory (the default is under /tmp) another user could have put
+/// their own socket there to collect what admin commands send.
+fn check_socket_owner(socket: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
+        // Missing: the connect fails with its own message.
+        return Ok(());
+    };
+    // /proc/self belongs to the effective uid.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "refusing the admin socket {}: it is owned by uid {}, not by you (uid {me}) or root",
+            socket.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 /// `unix:///path` or a plain path, as `SPIFFE_ENDPOINT_SOCKET` allows.
