@@ -55,7 +55,7 @@ retry "$bin" bundle show "${admin[@]}"
 token="$("$bin" join-token create --name bench "${admin[@]}")"
 
 "$bin" agent run --data-dir "$dir/agent" --server "$listen" --join-token="$token" \
-    --trust-bundle "$dir/ca.pem" --socket "$socket" >"$dir/agent.log" 2>&1 &
+    --trust-bundle "$dir/ca.pem" --socket "$socket" --workload-rate 0 >"$dir/agent.log" 2>&1 &
 pids+=($!)
 
 "$bin" entry create --spiffe-id "$connector" --parent-id "spiffe://$td/agent/bench" \

@@ -383,3 +383,30 @@ async fn a_connection_whose_process_has_exited_gets_no_identity() {
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains(lanyard_agent::NO_IDENTITY), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_over_its_rate_is_told_to_slow_down_and_then_served_again() {
+    let server = TestServer::start();
+    let token = server.join_token("limited", "10m");
+    let args = ["--join-token".to_owned(), token, "--workload-rate".to_owned(), "5".to_owned()];
+    let agent = TestAgent::start_with_token_args(&server, "limited", &args);
+    let id = spiffe_id("connector/limited");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    let socket = agent.socket();
+    // Served once the entry arrives (the polling itself may hit the limit).
+    eventually_async(SVID_TIMEOUT, "the first JWT-SVID", async || fetch_jwt(&socket, "a", None).await).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A burst of 30 from this one process: the first ten (2 s of rate) pass,
+    // then ResourceExhausted.
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        codes.push(fetch_jwt(&socket, "a", None).await.err().map(|e| e.code()));
+    }
+    let passed = codes.iter().filter(|c| c.is_none()).count();
+    let limited = codes.iter().filter(|c| **c == Some(Code::ResourceExhausted)).count();
+    assert!((8..=12).contains(&passed), "{passed} of 30 passed: {codes:?}");
+    assert_eq!(passed + limited, 30, "refusals are ResourceExhausted: {codes:?}");
+    // A second later there are tokens again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fetch_jwt(&socket, "a", None).await.expect("served again after a pause");
+}

@@ -17,4 +17,7 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Where to serve `/metrics` and `/healthz` over HTTP, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Workload API requests per second one process may send (twice that
+    /// in a burst); 0 for no limit.
+    pub workload_rate: u32,
 }

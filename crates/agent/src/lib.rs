@@ -17,6 +17,7 @@
 //!     trust_bundle: Some("/etc/lanyard/ca.pem".into()),
 //!     socket: "/run/lanyard/agent.sock".into(),
 //!     metrics_listen: None,
+//!     workload_rate: 0,
 //! })
 //! .await?;
 //! agent.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;

@@ -12,7 +12,7 @@ use lanyard_proto::node::{
 use tonic::Code;
 
 use crate::node_client::{ClientIdentity, connect};
-use crate::testkit::fixture;
+use crate::testkit::{fixture, fixture_with};
 
 fn mint_request(entry_id: &str) -> MintX509SvidsRequest {
     let (_, request) = csr::new_key_and_csr().unwrap();
@@ -171,4 +171,22 @@ async fn the_node_api_answers_grpc_health_checks_without_a_client_certificate() 
     }
     let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_agent_over_the_servers_rate_gets_resource_exhausted_and_others_do_not() {
+    let mut f = fixture_with(|config| config.agent_rate = 2).await;
+    let (mut node1, _) = f.agent("node1").await;
+    let (mut node2, _) = f.agent("node2").await;
+    let mine = f.entry("spiffe://example.org/mine", "spiffe://example.org/agent/node1").await;
+    // A burst of four (two seconds' worth), then refusals.
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(node1.mint_x509_svids(mint_request(&mine)).await.err().map(|e| e.code()));
+    }
+    assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 4, "{codes:?}");
+    assert!(codes[4..].iter().all(|c| *c == Some(Code::ResourceExhausted)), "{codes:?}");
+    // Another agent has its own budget.
+    let (_, request) = csr::new_key_and_csr().unwrap();
+    node2.renew_agent(RenewAgentRequest { csr: request }).await.expect("node2 is not limited by node1");
 }

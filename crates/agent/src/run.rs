@@ -28,6 +28,9 @@ use crate::{AgentError, attest, jwt_cache, uds};
 /// How long open Workload API streams may keep the agent up after a stop signal.
 pub(crate) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Processes whose request rate is tracked at once (idle ones make room).
+pub(crate) const MAX_RATE_LIMITED_PROCESSES: usize = 4096;
+
 /// Largest Workload API request decoded.
 pub(crate) const WORKLOAD_MAX_MESSAGE: usize = 64 * 1024;
 
@@ -121,6 +124,10 @@ impl Agent {
             attest_cache: Arc::new(attest::AttestCache::default()),
             jwts: Arc::new(jwt_cache::JwtCache::default()),
             metrics: Arc::clone(&metrics),
+            limiter: (self.config.workload_rate > 0).then(|| {
+                let rate = lanyard_core::rate::Rate::per_second(self.config.workload_rate);
+                Arc::new(lanyard_core::rate::RateLimiter::new(rate, MAX_RATE_LIMITED_PROCESSES))
+            }),
         };
         let tasks = TasksServer::new(api.clone()).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         let service = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);

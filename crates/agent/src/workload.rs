@@ -43,6 +43,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) attest_cache: Arc<AttestCache>,
     pub(crate) jwts: Arc<JwtCache>,
     pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
+    /// Requests per process (by PID), when limited.
+    pub(crate) limiter: Option<Arc<lanyard_core::rate::RateLimiter<i32>>>,
 }
 
 /// Refuses any call without `workload.spiffe.io: true`.
@@ -69,6 +71,13 @@ impl WorkloadApi {
         let peer = req.extensions().get::<Option<PeerInfo>>().copied().flatten();
         if let Some(p) = peer {
             tracing::Span::current().record("pid", p.pid).record("uid", p.uid);
+            if let Some(limiter) = &self.limiter
+                && !limiter.allow(&p.pid, std::time::Instant::now())
+            {
+                return Err(Status::resource_exhausted(
+                    "rate limit: this process sends more than the agent's --workload-rate of requests per second",
+                ));
+            }
         }
         let attested = if snap.needs_digest() {
             // Hashing an executable can take a while the first time: off the async threads.

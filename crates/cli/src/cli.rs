@@ -536,6 +536,10 @@ pub(crate) struct ServerRun {
     /// Append a signed checkpoint to the audit log every this many records (0: never).
     #[arg(long, default_value_t = 1000)]
     pub(crate) checkpoint_every: u64,
+    /// Node API requests per second one agent may send (twice that in a
+    /// burst); over it, ResourceExhausted. 0: no limit.
+    #[arg(long, default_value_t = lanyard_server::DEFAULT_AGENT_RATE)]
+    pub(crate) agent_rate: u32,
     /// Open risk at or above this level denies tokens: low, medium or high.
     #[arg(long, default_value = "low")]
     pub(crate) risk_threshold: lanyard_policy::RiskLevel,
@@ -568,6 +572,10 @@ pub(crate) enum AgentCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct AgentRun {
+    /// Workload API requests per second one process may send (twice that in
+    /// a burst); over it, ResourceExhausted. 0: no limit.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) workload_rate: u32,
     /// Serve `/metrics` (Prometheus) and `/healthz` over HTTP here.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<SocketAddr>,

@@ -83,6 +83,7 @@ fn server_config(args: ServerRun) -> ServerConfig {
     config.agent_svid_ttl = args.agent_ttl;
     config.ca_ttl = args.ca_ttl;
     config.kek_file = args.kek_file;
+    config.agent_rate = args.agent_rate;
     config.upstream_ca = args.upstream_ca_cert.zip(args.upstream_ca_key);
     config.jwt_key_ttl = args.jwt_key_ttl;
     config.policy_dir = args.policy;
@@ -100,6 +101,7 @@ pub(crate) async fn agent(args: AgentRun) -> anyhow::Result<()> {
         trust_bundle: args.trust_bundle,
         socket: socket_path(&args.socket.socket)?,
         metrics_listen: args.metrics_listen,
+        workload_rate: args.workload_rate,
     };
     let agent = Agent::start(config).await.context("cannot start the agent")?;
     agent.serve(terminated()).await.context("agent stopped with an error")?;

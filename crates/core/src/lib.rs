@@ -19,6 +19,7 @@ pub mod entry;
 pub mod hex;
 pub mod ids;
 pub mod metrics;
+pub mod rate;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;

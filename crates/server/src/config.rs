@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// PEM certificate and key of an existing CA: Lanyard's CAs are issued
     /// as its intermediates.
     pub upstream_ca: Option<(PathBuf, PathBuf)>,
+    /// Node API requests per second one agent may send (twice that in a
+    /// burst); 0 for no limit.
+    pub agent_rate: u32,
     /// A file holding the key-encryption key that seals private keys at rest.
     pub kek_file: Option<PathBuf>,
     /// Lifetime of agent SVIDs.
@@ -48,6 +51,11 @@ pub struct ServerConfig {
     pub checkpoint_every: u64,
 }
 
+/// Node API requests per second per agent by default: far above what one
+/// node's workloads need (a benchmark drives about 7,500), a bound on a
+/// compromised agent.
+pub const DEFAULT_AGENT_RATE: u32 = 20_000;
+
 impl ServerConfig {
     /// Defaults for everything but the trust domain and the paths.
     pub fn new(trust_domain: TrustDomain, data_dir: PathBuf, admin_socket: PathBuf, listen: SocketAddr) -> Self {
@@ -62,6 +70,7 @@ impl ServerConfig {
             ca_ttl: Duration::from_secs(86_400),
             jwt_key_ttl: Duration::from_secs(86_400),
             upstream_ca: None,
+            agent_rate: DEFAULT_AGENT_RATE,
             kek_file: None,
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,

@@ -64,6 +64,11 @@ impl NodeApi {
         if record.banned {
             return Err(ApiError::PermissionDenied("agent is banned".into()));
         }
+        if let Some(limiter) = &self.state.agent_limiter
+            && !limiter.allow(&info.spiffe_id, std::time::Instant::now())
+        {
+            return Err(ApiError::ResourceExhausted("rate limit: this agent is over the server's --agent-rate".into()));
+        }
         if record.svid_serial != info.serial {
             return Err(ApiError::PermissionDenied(
                 "agent SVID has been superseded; reconnect with the newest one".into(),

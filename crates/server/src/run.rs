@@ -177,6 +177,7 @@ impl Server {
             .await
             .map_err(|e| StartError::Config(format!("--policy: {e}")))?;
         let ceilings = lanyard_policy::Ceilings { risk_threshold: config.risk_threshold };
+        let config_agent_rate = config.agent_rate;
         let state = Arc::new(State {
             td,
             store,
@@ -192,6 +193,9 @@ impl Server {
             kek,
             metrics: crate::metrics::Metrics::default(),
             upstream,
+            agent_limiter: (config_agent_rate > 0).then(|| {
+                lanyard_core::rate::RateLimiter::new(lanyard_core::rate::Rate::per_second(config_agent_rate), 65_536)
+            }),
         });
         Ok(Self {
             state,

@@ -40,6 +40,8 @@ pub(crate) struct State {
     pub(crate) metrics: crate::metrics::Metrics,
     /// Issues Lanyard's CAs as intermediates, when configured.
     pub(crate) upstream: Option<lanyard_ca::UpstreamCa>,
+    /// Node API requests per agent, when limited.
+    pub(crate) agent_limiter: Option<lanyard_core::rate::RateLimiter<lanyard_core::SpiffeId>>,
 }
 
 impl State {

@@ -30,6 +30,9 @@ pub(crate) enum ApiError {
     /// The caller presented no usable credentials.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller is over its rate limit; it may retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Something broke on our side; the detail goes to the log only.
     #[error("internal error")]
     Internal(String),
@@ -50,6 +53,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(m) => Status::already_exists(m),
             ApiError::Aborted(m) => Status::aborted(m),
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
                 Status::internal("internal error")

@@ -177,6 +177,9 @@ impl Cluster {
                 dir.join("ca.pem").to_str().expect("utf8"),
                 "--socket",
                 &format!("unix://{}", self.agent_socket.display()),
+                // Benchmarks are one process driving the agent as hard as it can.
+                "--workload-rate",
+                "0",
             ],
         );
         self._agent = Some(agent);
