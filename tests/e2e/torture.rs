@@ -57,6 +57,19 @@ fn revocation_seq(out: &str) -> Option<u64> {
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
+/// Begins a task as the orchestrator, through the agent, which finds a
+/// restarted server on its own time.
+fn begin(rig: &TaskRig, session: &str) -> String {
+    let spec = TaskSpec { session, ..TaskSpec::default() };
+    eventually(Duration::from_secs(30), "the agent to reach the server", || {
+        let out = rig.orchestrator.run(&spec.args());
+        match out.status.success() {
+            true => Ok(crate::harness::task_id("task begin", &out)),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    })
+}
+
 #[test]
 fn the_server_survives_repeated_sigkill_under_mixed_load() {
     let kills: u64 = std::env::var("LANYARD_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
@@ -72,15 +85,7 @@ fn the_server_survives_repeated_sigkill_under_mixed_load() {
     let mut n = 0u64;
 
     for round in 0..kills {
-        // Through the agent, which finds the restarted server on its own time.
-        let spec = TaskSpec { session: "torture", ..TaskSpec::default() };
-        let task = eventually(Duration::from_secs(30), "the agent to reach the server", || {
-            let out = rig.orchestrator.run(&spec.args());
-            match out.status.success() {
-                true => Ok(crate::harness::task_id("task begin", &out)),
-                false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-            }
-        });
+        let task = begin(&rig, "torture");
         let stop = AtomicBool::new(false);
         let before_kill = Duration::from_millis(100 + rng.below(500));
         std::thread::scope(|s| {
@@ -174,14 +179,7 @@ fn the_server_survives_repeated_sigkill_under_mixed_load() {
         }
     }
     // The agent keeps serving after the last restart.
-    let spec = TaskSpec { session: "after", ..TaskSpec::default() };
-    let task = eventually(Duration::from_secs(30), "the agent to reach the server", || {
-        let out = rig.orchestrator.run(&spec.args());
-        match out.status.success() {
-            true => Ok(crate::harness::task_id("task begin", &out)),
-            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        }
-    });
+    let task = begin(&rig, "after");
     eventually(Duration::from_secs(20), "a token after the last restart", || {
         let out = rig.connector.fetch_token(&task, GITHUB, &[SEARCH], "read");
         match out.status.success() {
