@@ -410,3 +410,29 @@ async fn a_process_over_its_rate_is_told_to_slow_down_and_then_served_again() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     fetch_jwt(&socket, "a", None).await.expect("served again after a pause");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_may_hold_only_so_many_workload_api_streams() {
+    let server = TestServer::start();
+    let token = server.join_token("streams", "10m");
+    let args = ["--join-token".to_owned(), token, "--workload-streams".to_owned(), "2".to_owned()];
+    let agent = TestAgent::start_with_token_args(&server, "streams", &args);
+    let id = spiffe_id("connector/streams");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    wait_served(&agent, &id, SVID_TIMEOUT).await;
+    let socket = agent.socket();
+    let open = async || -> Result<tonic::Streaming<lanyard_proto::workload::X509BundlesResponse>, tonic::Status> {
+        let mut client = workload_client(&socket).await?;
+        let mut stream = client.fetch_x509_bundles(with_header(X509BundlesRequest {})).await?.into_inner();
+        stream.message().await?;
+        Ok(stream)
+    };
+    let first = open().await.unwrap();
+    let _second = open().await.unwrap();
+    let third = open().await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    assert!(third.message().contains("--workload-streams"), "{third:?}");
+    // Closing one gives its place back.
+    drop(first);
+    eventually_async(Duration::from_secs(5), "a stream after one was closed", async || open().await).await;
+}

@@ -20,4 +20,6 @@ pub struct AgentConfig {
     /// Workload API requests per second one process may send (twice that
     /// in a burst); 0 for no limit.
     pub workload_rate: u32,
+    /// Workload API streams one process may hold open at once; 0 for no limit.
+    pub workload_streams: usize,
 }

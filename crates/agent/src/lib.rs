@@ -18,6 +18,7 @@
 //!     socket: "/run/lanyard/agent.sock".into(),
 //!     metrics_listen: None,
 //!     workload_rate: 0,
+//!     workload_streams: 0,
 //! })
 //! .await?;
 //! agent.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;

@@ -128,6 +128,7 @@ impl Agent {
                 let rate = lanyard_core::rate::Rate::per_second(self.config.workload_rate);
                 Arc::new(lanyard_core::rate::RateLimiter::new(rate, MAX_RATE_LIMITED_PROCESSES))
             }),
+            streams: Arc::new(workload::StreamSlots::new(self.config.workload_streams)),
         };
         let tasks = TasksServer::new(api.clone()).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         let service = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);

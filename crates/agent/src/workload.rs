@@ -45,6 +45,56 @@ pub(crate) struct WorkloadApi {
     pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
     /// Requests per process (by PID), when limited.
     pub(crate) limiter: Option<Arc<lanyard_core::rate::RateLimiter<i32>>>,
+    /// Streams open per process (by PID), and how many one may hold.
+    pub(crate) streams: Arc<StreamSlots>,
+}
+
+/// Open Workload API streams per process, at most `max` each (0: no limit).
+#[derive(Debug, Default)]
+pub(crate) struct StreamSlots {
+    max: usize,
+    open: std::sync::Mutex<HashMap<i32, usize>>,
+}
+
+/// One open stream's place; given back when the stream is dropped.
+pub(crate) struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    pid: i32,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.pid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.pid);
+            }
+        }
+    }
+}
+
+impl StreamSlots {
+    /// At most `max` streams per process (0: no limit).
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max, open: std::sync::Mutex::default() }
+    }
+
+    /// A place for one more stream of `pid`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, pid: i32) -> Result<Option<StreamSlot>, Status> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(pid).or_default();
+        if *n >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "this process holds {n} Workload API streams already (the agent's --workload-streams)"
+            )));
+        }
+        *n += 1;
+        Ok(Some(StreamSlot { slots: Arc::clone(self), pid }))
+    }
 }
 
 /// Refuses any call without `workload.spiffe.io: true`.
@@ -112,6 +162,14 @@ impl WorkloadApi {
         let selectors = self.attest(req, &snap).await?;
         let entries = Self::entitled(&snap, &selectors)?;
         Ok(Caller { snap, selectors, entries })
+    }
+
+    /// A place for one more stream of the caller's process.
+    fn stream_slot<T>(&self, req: &Request<T>) -> Result<Option<StreamSlot>, Status> {
+        match req.extensions().get::<Option<PeerInfo>>().copied().flatten() {
+            Some(peer) => self.streams.take(peer.pid),
+            None => Ok(None),
+        }
     }
 
     /// A stream of the trust bundle as `make` renders it, for an entitled caller.
@@ -201,6 +259,15 @@ where
     Box::pin(ReceiverStream::new(rx))
 }
 
+/// `stream`, keeping `slot` taken until it is dropped.
+fn holding<T: Send + 'static>(slot: Option<StreamSlot>, stream: Streamed<T>) -> Streamed<T> {
+    use tokio_stream::StreamExt as _;
+    Box::pin(stream.map(move |item| {
+        let _held = &slot;
+        item
+    }))
+}
+
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = Streamed<X509svidResponse>;
@@ -210,6 +277,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let Caller { snap, selectors, .. } = self.caller(&req).await?;
+        let slot = self.stream_slot(&req)?;
         // An entry that was just created may still be minting: wait for it.
         let mut snapshots = self.snapshots.clone();
         if x509_response(&snap, &selectors).is_none() {
@@ -218,7 +286,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 return Err(Status::unavailable("SVIDs for this workload are still being issued; retry"));
             }
         }
-        Ok(Response::new(stream_updates(snapshots, move |s| x509_response(s, &selectors))))
+        Ok(Response::new(holding(slot, stream_updates(snapshots, move |s| x509_response(s, &selectors)))))
     }
 
     type FetchX509BundlesStream = Streamed<X509BundlesResponse>;
@@ -228,11 +296,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         self.caller(&req).await?;
+        let slot = self.stream_slot(&req)?;
         let key = self.bundle_key();
-        Ok(Response::new(self.bundle_stream(move |b| {
-            let bundles = HashMap::from([(key.clone(), b.x509_der_concat())]);
-            Some(X509BundlesResponse { crl: Vec::new(), bundles })
-        })))
+        Ok(Response::new(holding(
+            slot,
+            self.bundle_stream(move |b| {
+                let bundles = HashMap::from([(key.clone(), b.x509_der_concat())]);
+                Some(X509BundlesResponse { crl: Vec::new(), bundles })
+            }),
+        )))
     }
 
     async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
@@ -272,11 +344,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.caller(&req).await?;
+        let slot = self.stream_slot(&req)?;
         let key = self.bundle_key();
-        Ok(Response::new(self.bundle_stream(move |b| {
-            let jwks = serde_json::to_vec(&b.jwt_jwks()).ok()?;
-            Some(JwtBundlesResponse { bundles: HashMap::from([(key.clone(), jwks)]) })
-        })))
+        Ok(Response::new(holding(
+            slot,
+            self.bundle_stream(move |b| {
+                let jwks = serde_json::to_vec(&b.jwt_jwks()).ok()?;
+                Some(JwtBundlesResponse { bundles: HashMap::from([(key.clone(), jwks)]) })
+            }),
+        )))
     }
 
     async fn validate_jwtsvid(

@@ -540,6 +540,9 @@ pub(crate) struct ServerRun {
     /// burst); over it, ResourceExhausted. 0: no limit.
     #[arg(long, default_value_t = lanyard_server::DEFAULT_AGENT_RATE)]
     pub(crate) agent_rate: u32,
+    /// Revocation-feed long-polls held at once; more get 503 and Retry-After. 0: no limit.
+    #[arg(long, default_value_t = lanyard_server::DEFAULT_MAX_LONG_POLLS)]
+    pub(crate) max_long_polls: usize,
     /// Open risk at or above this level denies tokens: low, medium or high.
     #[arg(long, default_value = "low")]
     pub(crate) risk_threshold: lanyard_policy::RiskLevel,
@@ -576,6 +579,10 @@ pub(crate) struct AgentRun {
     /// a burst); over it, ResourceExhausted. 0: no limit.
     #[arg(long, default_value_t = 5_000)]
     pub(crate) workload_rate: u32,
+    /// Workload API streams one process may hold open at once; over it,
+    /// ResourceExhausted. 0: no limit.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) workload_streams: usize,
     /// Serve `/metrics` (Prometheus) and `/healthz` over HTTP here.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<SocketAddr>,

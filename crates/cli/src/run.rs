@@ -84,6 +84,7 @@ fn server_config(args: ServerRun) -> ServerConfig {
     config.ca_ttl = args.ca_ttl;
     config.kek_file = args.kek_file;
     config.agent_rate = args.agent_rate;
+    config.max_long_polls = args.max_long_polls;
     config.upstream_ca = args.upstream_ca_cert.zip(args.upstream_ca_key);
     config.jwt_key_ttl = args.jwt_key_ttl;
     config.policy_dir = args.policy;
@@ -102,6 +103,7 @@ pub(crate) async fn agent(args: AgentRun) -> anyhow::Result<()> {
         socket: socket_path(&args.socket.socket)?,
         metrics_listen: args.metrics_listen,
         workload_rate: args.workload_rate,
+        workload_streams: args.workload_streams,
     };
     let agent = Agent::start(config).await.context("cannot start the agent")?;
     agent.serve(terminated()).await.context("agent stopped with an error")?;

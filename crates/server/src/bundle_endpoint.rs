@@ -109,6 +109,12 @@ async fn revocations(
     if wait > crate::feed::MAX_WAIT {
         return (StatusCode::BAD_REQUEST, "wait must be at most 60 seconds\n").into_response();
     }
+    let limit = state.config.max_long_polls;
+    if !wait.is_zero() && limit > 0 && state.metrics.feed_waiting() >= limit {
+        // Not an empty answer at once: a follower would ask again at once.
+        let headers = [(header::RETRY_AFTER, "1")];
+        return (StatusCode::SERVICE_UNAVAILABLE, headers, "too many long-polls waiting; retry\n").into_response();
+    }
     match state.feed(query.after, wait).await {
         Ok(page) => json_response(&page),
         Err(e) => internal(&e),

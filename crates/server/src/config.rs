@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// Node API requests per second one agent may send (twice that in a
     /// burst); 0 for no limit.
     pub agent_rate: u32,
+    /// Revocation-feed long-polls held at once; more are told to retry
+    /// (503 with Retry-After). 0 for no limit.
+    pub max_long_polls: usize,
     /// A file holding the key-encryption key that seals private keys at rest.
     pub kek_file: Option<PathBuf>,
     /// Lifetime of agent SVIDs.
@@ -56,6 +59,10 @@ pub struct ServerConfig {
 /// compromised agent.
 pub const DEFAULT_AGENT_RATE: u32 = 20_000;
 
+/// Revocation-feed long-polls held at once by default: each is a small task
+/// and a watch receiver, so this bounds memory, not threads.
+pub const DEFAULT_MAX_LONG_POLLS: usize = 10_000;
+
 impl ServerConfig {
     /// Defaults for everything but the trust domain and the paths.
     pub fn new(trust_domain: TrustDomain, data_dir: PathBuf, admin_socket: PathBuf, listen: SocketAddr) -> Self {
@@ -71,6 +78,7 @@ impl ServerConfig {
             jwt_key_ttl: Duration::from_secs(86_400),
             upstream_ca: None,
             agent_rate: DEFAULT_AGENT_RATE,
+            max_long_polls: DEFAULT_MAX_LONG_POLLS,
             kek_file: None,
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,

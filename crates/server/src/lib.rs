@@ -48,7 +48,7 @@ mod svid_cache;
 mod tasks;
 mod tls;
 
-pub use config::{DEFAULT_AGENT_RATE, ServerConfig};
+pub use config::{DEFAULT_AGENT_RATE, DEFAULT_MAX_LONG_POLLS, ServerConfig};
 
 /// What a workload that no entry matches is told (the SPIFFE wording).
 pub(crate) const NO_IDENTITY: &str = "no identity issued";

@@ -95,6 +95,11 @@ impl Metrics {
         FeedWait(&self.feed_waiting)
     }
 
+    /// Long-polls waiting now.
+    pub(crate) fn feed_waiting(&self) -> usize {
+        usize::try_from(self.feed_waiting.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
     /// An answer carried an event recorded `lag` ago.
     pub(crate) fn feed_delivered(&self, lag: Duration) {
         self.feed_lag.observe(lag);

@@ -682,3 +682,38 @@ fn sync_messages_stay_far_below_the_grpc_limit_whatever_the_entries_hold() {
         assert_eq!((all, gone), (upserted, removals), "everything, in order, once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_past_the_cap_are_told_to_retry_and_short_polls_still_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.max_long_polls = 3;
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let held: Vec<_> = (0..3).map(|_| tokio::spawn(http_get(addr, "/v1/revocations?after=0&wait=30", ""))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (head, _) = http_get(addr, "/v1/revocations?after=0&wait=30", "").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    // A poll that does not wait is answered; so are the held ones, at the next event.
+    let (head, _) = http_get(addr, "/v1/revocations?after=0&wait=0", "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    admin.revoke_session(lanyard_proto::admin::RevokeSessionRequest { session: "s1".into() }).await.unwrap();
+    for poll in held {
+        let (head, _) = tokio::time::timeout(Duration::from_secs(10), poll).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
