@@ -31,3 +31,7 @@ bench-e2e *ARGS:
 # What CI runs.
 ci:
     .ci/run
+
+# Fuzz every parser that sees outside bytes (nightly + cargo-fuzz), SECONDS each.
+fuzz SECONDS="60":
+    scripts/fuzz.sh {{SECONDS}}

@@ -110,7 +110,7 @@ impl TrustBundle {
         for der in &self.x509_authorities {
             // A certificate whose key is not EC P-256 cannot be described as
             // such a JWK; Lanyard only makes P-256 CAs.
-            if let Some(key) = cert_public_key(der) {
+            if let Some(key) = ca_public_key(der) {
                 let jwk = key.to_jwk(Some("x509-svid"));
                 let entry = X509Jwk {
                     jwk: Jwk { kid: None, alg: None, ..jwk },
@@ -131,7 +131,10 @@ impl TrustBundle {
     }
 }
 
-fn cert_public_key(der: &[u8]) -> Option<VerifyingKey> {
+/// The EC P-256 public key of a CA certificate, as bundles publish it;
+/// `None` for a certificate x509-parser refuses or a key of another kind
+/// (such a CA cannot appear in a SPIFFE bundle Lanyard writes).
+pub fn ca_public_key(der: &[u8]) -> Option<VerifyingKey> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     VerifyingKey::from_spki_der(cert.public_key().raw).ok()
 }

@@ -82,6 +82,10 @@ impl UpstreamCa {
         if !is_ca {
             return Err(CaError::BadKey("the upstream certificate is not a CA (basicConstraints cA)".into()));
         }
+        if crate::bundle::ca_public_key(cert_der).is_none() {
+            // The bundle publishes it as an EC P-256 JWK.
+            return Err(CaError::BadKey("the upstream CA's key must be EC P-256".into()));
+        }
         use rcgen::PublicKeyData;
         if spki != key.subject_public_key_info() {
             return Err(CaError::BadKey("the upstream CA key does not match its certificate".into()));

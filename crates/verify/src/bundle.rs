@@ -92,6 +92,12 @@ fn x5c_certificate(key: &Value) -> Result<Vec<u8>, String> {
     rustls::RootCertStore::empty()
         .add(rustls_pki_types::CertificateDer::from(der.as_slice()))
         .map_err(|e| format!("x5c is not a usable CA certificate: {e}"))?;
+    // And as Lanyard reads CA certificates everywhere else (found by fuzzing:
+    // webpki took a certificate x509-parser refuses, which re-serializing the
+    // bundle then dropped).
+    if lanyard_ca::bundle::ca_public_key(&der).is_none() {
+        return Err("x5c is not a CA certificate with an EC P-256 key".into());
+    }
     Ok(der)
 }
 
@@ -190,5 +196,15 @@ mod tests {
             parse_spiffe_bundle(json.as_bytes(), Some(&other)),
             Err(BundleError::WrongTrustDomain { .. })
         ));
+    }
+
+    #[test]
+    fn a_ca_certificate_only_webpki_accepts_is_refused() {
+        // Found by fuzzing (fuzz/regressions/bundle): a mutated CA
+        // certificate that webpki takes as an anchor but x509-parser refuses;
+        // the bundle was accepted, then lost the CA when written back out.
+        let json = include_bytes!("../testdata/bundle-ca-x509-parser-refuses.json");
+        let e = parse_spiffe_bundle(json, None).unwrap_err();
+        assert!(matches!(&e, BundleError::BadKey { index: 0, reason } if reason.contains("EC P-256")), "{e}");
     }
 }

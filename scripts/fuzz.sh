@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 60) with its seeds and
+# dictionary: `just fuzz` or `scripts/fuzz.sh 600`. Needs the nightly
+# toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`); without them
+# it says so and exits 0, so a smoke pass can run wherever they exist.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds="${1:-60}"
+if ! rustup run nightly rustc --version >/dev/null 2>&1 || ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "fuzz: SKIPPED (needs the nightly toolchain and cargo-fuzz)"
+    exit 0
+fi
+dict_of() {
+    case "$1" in
+        spiffe_id|selector_duration) echo dicts/spiffe.dict ;;
+        *) echo dicts/jose.dict ;;
+    esac
+}
+cargo +nightly fuzz build -O
+for target in $(cargo +nightly fuzz list); do
+    mkdir -p "corpus/$target"
+    echo "--- fuzz $target for ${seconds}s"
+    cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$seconds" -dict="$(dict_of "$target")" -print_final_stats=1 2>&1 \
+        | grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|panicked|ERROR|SUMMARY|crash-" || true
+    if ls "artifacts/$target"/crash-* >/dev/null 2>&1; then
+        echo "fuzz: $target found a crash: fuzz/artifacts/$target"
+        exit 1
+    fi
+done
