@@ -18,7 +18,11 @@ fn bundle() -> &'static TrustBundle {
         TrustBundle {
             trust_domain: td,
             x509_authorities: vec![ca.cert_der().to_vec()],
-            jwt_authorities: vec![JwtAuthorityKey { key: jwt.verifying_key(), expires_at: u64::MAX, purpose: JwtKeyPurpose::JwtSvid }],
+            jwt_authorities: vec![JwtAuthorityKey {
+                key: jwt.verifying_key(),
+                expires_at: u64::MAX,
+                purpose: JwtKeyPurpose::JwtSvid,
+            }],
             sequence: 1,
             refresh_hint: Duration::from_secs(300),
         }
