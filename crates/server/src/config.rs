@@ -36,6 +36,8 @@ pub struct ServerConfig {
     /// Revocation-feed long-polls held at once; more are told to retry
     /// (503 with Retry-After). 0 for no limit.
     pub max_long_polls: usize,
+    /// How long a bundle-endpoint client has to send its request headers.
+    pub header_read_timeout: Duration,
     /// A file holding the key-encryption key that seals private keys at rest.
     pub kek_file: Option<PathBuf>,
     /// Lifetime of agent SVIDs.
@@ -79,6 +81,7 @@ impl ServerConfig {
             upstream_ca: None,
             agent_rate: DEFAULT_AGENT_RATE,
             max_long_polls: DEFAULT_MAX_LONG_POLLS,
+            header_read_timeout: crate::http_serve::HEADER_READ_TIMEOUT,
             kek_file: None,
             agent_svid_ttl: Ttl::ONE_HOUR,
             default_x509_ttl: Ttl::ONE_HOUR,

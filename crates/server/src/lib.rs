@@ -33,6 +33,7 @@ mod bundle_endpoint;
 mod config;
 mod convert;
 pub mod feed;
+mod http_serve;
 mod https;
 mod kek;
 mod key_lifecycle;

@@ -262,15 +262,15 @@ impl Server {
         let bundle_task = match (self.bundle_listener, self.bundle_tls) {
             (Some(listener), None) => {
                 let app = crate::bundle_endpoint::router(Arc::clone(&self.state));
-                let serving = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-                Some(tokio::spawn(serving.into_future()))
+                let header_timeout = self.state.config.header_read_timeout;
+                Some(tokio::spawn(crate::http_serve::serve(listener, app, header_timeout, stop_rx.clone())))
             }
             (Some(listener), Some(tls)) => {
                 let listener = crate::https::TlsListener::new(listener, tls)
                     .map_err(|e| StartError::Serve(format!("bundle endpoint: {e}")))?;
                 let app = crate::bundle_endpoint::router(Arc::clone(&self.state));
-                let serving = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-                Some(tokio::spawn(serving.into_future()))
+                let header_timeout = self.state.config.header_read_timeout;
+                Some(tokio::spawn(crate::http_serve::serve(listener, app, header_timeout, stop_rx.clone())))
             }
             (None, _) => None,
         };

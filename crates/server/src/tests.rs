@@ -717,3 +717,38 @@ async fn long_polls_past_the_cap_are_told_to_retry_and_short_polls_still_answer(
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_headers_is_cut_off_while_long_polls_wait_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(
+        "example.org".parse().unwrap(),
+        dir.path().join("data"),
+        dir.path().join("admin.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.header_read_timeout = Duration::from_secs(1);
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.bundle_addr().unwrap().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    // Half a request, then silence: the server hangs up once the headers are late.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off before the timeout");
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "a trickled request was served");
+    // A long-poll that sent its headers in time waits longer than that.
+    let (head, _) = http_get(addr, "/v1/revocations?after=0&wait=2", "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(http_get(addr, "/healthz", "").await.0.starts_with("HTTP/1.1 200"));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
