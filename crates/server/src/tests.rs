@@ -683,23 +683,44 @@ fn sync_messages_stay_far_below_the_grpc_limit_whatever_the_entries_hold() {
     }
 }
 
+/// A server with its bundle endpoint on (configured by `tweak`), serving.
+struct BundleEndpoint {
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::StartError>>,
+}
+
+impl BundleEndpoint {
+    async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(
+            "example.org".parse().unwrap(),
+            dir.path().join("data"),
+            dir.path().join("admin.sock"),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
+        tweak(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.bundle_addr().unwrap().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self { dir, addr, stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_past_the_cap_are_told_to_retry_and_short_polls_still_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(
-        "example.org".parse().unwrap(),
-        dir.path().join("data"),
-        dir.path().join("admin.sock"),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.max_long_polls = 3;
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.bundle_addr().unwrap().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let endpoint = BundleEndpoint::start(|c| c.max_long_polls = 3).await;
+    let (addr, dir) = (endpoint.addr, endpoint.dir.path().to_owned());
     let held: Vec<_> = (0..3).map(|_| tokio::spawn(http_get(addr, "/v1/revocations?after=0&wait=30", ""))).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (head, _) = http_get(addr, "/v1/revocations?after=0&wait=30", "").await;
@@ -708,34 +729,20 @@ async fn long_polls_past_the_cap_are_told_to_retry_and_short_polls_still_answer(
     // A poll that does not wait is answered; so are the held ones, at the next event.
     let (head, _) = http_get(addr, "/v1/revocations?after=0&wait=0", "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    let mut admin = AdminClient::new(uds(dir.join("admin.sock")).await);
     admin.revoke_session(lanyard_proto::admin::RevokeSessionRequest { session: "s1".into() }).await.unwrap();
     for poll in held {
         let (head, _) = tokio::time::timeout(Duration::from_secs(10), poll).await.unwrap().unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     }
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    endpoint.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_its_headers_is_cut_off_while_long_polls_wait_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(
-        "example.org".parse().unwrap(),
-        dir.path().join("data"),
-        dir.path().join("admin.sock"),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.header_read_timeout = Duration::from_secs(1);
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.bundle_addr().unwrap().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let endpoint = BundleEndpoint::start(|c| c.header_read_timeout = Duration::from_secs(1)).await;
+    let addr = endpoint.addr;
     // Half a request, then silence: the server hangs up once the headers are late.
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -749,6 +756,5 @@ async fn a_client_trickling_its_headers_is_cut_off_while_long_polls_wait_on() {
     let (head, _) = http_get(addr, "/v1/revocations?after=0&wait=2", "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(http_get(addr, "/healthz", "").await.0.starts_with("HTTP/1.1 200"));
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    endpoint.stop().await;
 }
