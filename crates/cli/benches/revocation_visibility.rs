@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use lanyard_proto::admin::EndTaskRequest as AdminEndTaskRequest;
 use lanyard_proto::agent::FetchTaskTokenRequest;
 use lanyard_proto::agent::tasks_client::TasksClient;
-use lanyard_proto::common::{Entry, TaskSpec};
+use lanyard_proto::common::TaskSpec;
 use lanyard_verify::{Endpoint, Expect, Revoked, Verifier, VerifierConfig, VerifyError};
-use support::{Cluster, full_run, own_uid, percentile, workload_request};
-
-const CONNECTOR: &str = "spiffe://example.org/connector/github";
+use support::{CONNECTOR, Cluster, full_run, percentile, workload_request};
 
 fn spec(i: usize) -> TaskSpec {
     TaskSpec {
@@ -43,17 +41,7 @@ async fn main() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let bundle_listen = format!("127.0.0.1:{port}");
     let mut cluster = Cluster::start(&["--bundle-listen", &bundle_listen]).await;
-    cluster
-        .create(Entry {
-            spiffe_id: CONNECTOR.into(),
-            parent_id: cluster.agent_id.clone(),
-            selectors: vec![format!("unix:uid:{}", own_uid())],
-            tools: vec!["github.search".into()],
-            audiences: vec!["api.github.com".into()],
-            max_classification: "internal".into(),
-            ..Entry::default()
-        })
-        .await;
+    cluster.create_connector().await;
     cluster.start_agent().await;
     let mut tasks = TasksClient::new(cluster.agent_channel().await);
 

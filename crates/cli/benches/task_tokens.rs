@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use lanyard_proto::agent::FetchTaskTokenRequest;
 use lanyard_proto::agent::tasks_client::TasksClient;
-use lanyard_proto::common::{Entry, TaskSpec};
+use lanyard_proto::common::TaskSpec;
 use lanyard_proto::workload::X509svidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use support::{Cluster, full_run, own_uid, percentile, workload_request};
+use support::{CONNECTOR, Cluster, full_run, percentile, workload_request};
 use tonic::transport::Channel;
 
 /// Client connections to the agent (`LANYARD_BENCH_CONNECTIONS`).
@@ -49,18 +49,7 @@ fn request(task: &str) -> tonic::Request<FetchTaskTokenRequest> {
 
 async fn setup() -> (Cluster, String) {
     let mut cluster = Cluster::start(&[]).await;
-    let connector = "spiffe://example.org/connector/github";
-    cluster
-        .create(Entry {
-            spiffe_id: connector.into(),
-            parent_id: cluster.agent_id.clone(),
-            selectors: vec![format!("unix:uid:{}", own_uid())],
-            tools: vec!["github.search".into()],
-            audiences: vec!["api.github.com".into()],
-            max_classification: "internal".into(),
-            ..Entry::default()
-        })
-        .await;
+    cluster.create_connector().await;
     cluster.start_agent().await;
     let mut svids = SpiffeWorkloadApiClient::new(cluster.agent_channel().await);
     let started = Instant::now();
@@ -69,7 +58,7 @@ async fn setup() -> (Cluster, String) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let spec = TaskSpec {
-        connector: connector.into(),
+        connector: CONNECTOR.into(),
         user_sub: "alice".into(),
         user_iss: "https://idp.example".into(),
         session: "bench".into(),

@@ -62,8 +62,8 @@ pub(crate) struct Keys {
     /// Everything relying parties trust right now: prepared, active and
     /// retired keys, not expired ones nor revoked ones.
     pub(crate) bundle: TrustBundle,
-    /// Which records these are: active ids and published ids.
-    fingerprint: (Vec<String>, BTreeSet<String>),
+    /// Which records these are.
+    fingerprint: Fingerprint,
 }
 
 impl Keys {
@@ -92,19 +92,36 @@ pub(crate) type KeyWatch = watch::Sender<Arc<Keys>>;
 /// Takes every step now due for every kind of key (each durable and
 /// audited before the next), then builds the keys from the store.
 pub(crate) async fn reconcile(store: &dyn Store, ctx: KeyContext<'_>, now: SystemTime) -> Result<Keys, StartError> {
+    let records = take_due_steps(store, ctx, now).await?;
+    build(ctx, &records, unix_secs(now))
+}
+
+/// Takes every step now due for every kind of key; the records after them.
+async fn take_due_steps(store: &dyn Store, ctx: KeyContext<'_>, now: SystemTime) -> Result<Vec<KeyRecord>, StartError> {
     let now_s = unix_secs(now);
+    let mut records = store.list_keys().await?;
     for kind in KINDS {
         // At most two steps per kind at a time (create, then nothing; or
         // revoke-driven activate): bounded, so a bug cannot spin here.
         for _ in 0..2 {
-            let records = store.list_keys().await?;
             let Some(step) = key_lifecycle::plan(&records, kind, now_s, ctx.lifetimes.of(kind).as_secs()) else {
                 break;
             };
             take_step(store, ctx, &records, kind, step, now).await?;
+            records = store.list_keys().await?;
         }
     }
-    build(ctx, &store.list_keys().await?, now_s)
+    Ok(records)
+}
+
+/// Which records keys built at `now` are: the active ids (CA, JWT-SVID,
+/// task token) and every published id. Equal fingerprints, equal keys.
+type Fingerprint = (Vec<String>, BTreeSet<String>);
+
+fn fingerprint(records: &[KeyRecord], now: u64) -> Fingerprint {
+    let active = KINDS.iter().filter_map(|kind| key_lifecycle::active(records, *kind, now)).map(|r| r.id.clone());
+    let published = records.iter().filter(|r| key_lifecycle::phase(records, r, now).published()).map(|r| r.id.clone());
+    (active.collect(), published.collect())
 }
 
 /// Forces a new active key of `kind` now: the prepared one if there is one,
@@ -332,11 +349,7 @@ fn build(ctx: KeyContext<'_>, records: &[KeyRecord], now: u64) -> Result<Keys, S
         sequence: key_lifecycle::bundle_sequence(records, now),
         refresh_hint: ctx.lifetimes.refresh_hint(),
     };
-    let fingerprint = (
-        vec![x509_record.id.clone(), jwt_record.id.clone(), task_record.id.clone()],
-        published.iter().map(|r| r.id.clone()).collect(),
-    );
-    Ok(Keys { x509, jwt, task_tokens, bundle, fingerprint })
+    Ok(Keys { x509, jwt, task_tokens, bundle, fingerprint: fingerprint(records, now) })
 }
 
 /// Keeps the keys rotating: every tick, takes the steps due and publishes
@@ -355,9 +368,12 @@ pub(crate) async fn rotate_loop(state: Arc<crate::state::State>) {
 /// One rotation pass; publishes the keys when they changed. Callers hold
 /// `state.key_ops`.
 pub(crate) async fn refresh(state: &crate::state::State) -> Result<(), StartError> {
-    let mut keys = reconcile(state.store.as_ref(), state.key_context(), state.now()).await?;
+    let now = state.now();
+    let records = take_due_steps(state.store.as_ref(), state.key_context(), now).await?;
     let current = state.keys();
-    if keys.fingerprint != current.fingerprint {
+    // Most ticks change nothing: no keys to parse or unseal then.
+    if fingerprint(&records, unix_secs(now)) != current.fingerprint {
+        let mut keys = build(state.key_context(), &records, unix_secs(now))?;
         // Two changes within one second: the sequence still moves on.
         keys.bundle.sequence = keys.bundle.sequence.max(current.bundle.sequence + 1);
         tracing::info!(

@@ -12,6 +12,9 @@ use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest, GetBundle
 use lanyard_proto::common::Entry;
 use tonic::transport::{Channel, Endpoint};
 
+/// The connector the task-token benchmarks register.
+pub(crate) const CONNECTOR: &str = "spiffe://example.org/connector/github";
+
 /// A child process killed on drop.
 struct Killed(Child);
 
@@ -156,6 +159,21 @@ impl Cluster {
     /// Registers an entry.
     pub(crate) async fn create(&mut self, entry: Entry) {
         self.admin.create_entry(CreateEntryRequest { entry: Some(entry) }).await.expect("create entry");
+    }
+
+    /// Registers this process (by uid) as the github connector, with the
+    /// ceilings the task-token benchmarks use.
+    pub(crate) async fn create_connector(&mut self) {
+        let entry = Entry {
+            spiffe_id: CONNECTOR.into(),
+            parent_id: self.agent_id.clone(),
+            selectors: vec![format!("unix:uid:{}", own_uid())],
+            tools: vec!["github.search".into()],
+            audiences: vec!["api.github.com".into()],
+            max_classification: "internal".into(),
+            ..Entry::default()
+        };
+        self.create(entry).await;
     }
 
     /// Starts the agent.
