@@ -275,21 +275,11 @@ async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (Strin
 
 #[tokio::test]
 async fn bundle_endpoint_serves_spiffe_bundle_jwks_and_discovery() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(
-        "example.org".parse().unwrap(),
-        dir.path().join("data"),
-        dir.path().join("admin.sock"),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.public_url = Some("https://lanyard.example".into());
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.bundle_addr().unwrap().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let endpoint = BundleEndpoint::start(|c| {
+        c.public_url = Some("https://lanyard.example".into());
+    })
+    .await;
+    let addr = endpoint.addr;
 
     let (head, body) = http_get(addr, "/bundle", "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -318,8 +308,7 @@ async fn bundle_endpoint_serves_spiffe_bundle_jwks_and_discovery() {
     assert!(http_get(addr, "/healthz", "").await.0.starts_with("HTTP/1.1 200"));
     assert!(http_get(addr, "/readyz", "").await.0.starts_with("HTTP/1.1 200"));
     assert!(http_get(addr, "/nope", "").await.0.starts_with("HTTP/1.1 404"));
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    endpoint.stop().await;
 }
 
 /// A message whose field 1 is a varint: sent where a string is expected it
@@ -363,21 +352,9 @@ fn jws_claims(jws: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn revocation_feed_serves_signed_events_long_polls_and_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(
-        "example.org".parse().unwrap(),
-        dir.path().join("data"),
-        dir.path().join("admin.sock"),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.bundle_addr().unwrap().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
-    let mut admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    let endpoint = BundleEndpoint::start(|_| {}).await;
+    let (addr, dir) = (endpoint.addr, endpoint.dir.path().to_owned());
+    let mut admin = AdminClient::new(uds(dir.join("admin.sock")).await);
     let bundle = admin.get_bundle(GetBundleRequest {}).await.unwrap().into_inner();
     let jwt_key = bundle.jwt_authorities.iter().find(|k| k.purpose == "jwt-svid").unwrap();
     let key = lanyard_jose::VerifyingKey::from_spki_der(&jwt_key.public_key).unwrap().with_kid(jwt_key.kid.clone());
@@ -440,26 +417,13 @@ async fn revocation_feed_serves_signed_events_long_polls_and_snapshots() {
     }
     let (_, metrics) = http_get(addr, "/metrics", "").await;
     assert!(metrics.contains("lanyard_revocation_sequence 2"), "{metrics}");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    endpoint.stop().await;
 }
 
 #[tokio::test]
 async fn a_thousand_idle_long_polls_are_held_and_all_see_the_next_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(
-        "example.org".parse().unwrap(),
-        dir.path().join("data"),
-        dir.path().join("admin.sock"),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.bundle_addr().unwrap().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let endpoint = BundleEndpoint::start(|_| {}).await;
+    let (addr, dir) = (endpoint.addr, endpoint.dir.path().to_owned());
     let polls: Vec<_> =
         (0..1000).map(|_| tokio::spawn(http_get(addr, "/v1/revocations?after=0&wait=30", ""))).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -467,7 +431,7 @@ async fn a_thousand_idle_long_polls_are_held_and_all_see_the_next_event() {
     let started = std::time::Instant::now();
     assert!(http_get(addr, "/healthz", "").await.0.starts_with("HTTP/1.1 200"));
     assert!(started.elapsed() < Duration::from_secs(1));
-    let mut admin = AdminClient::new(uds(dir.path().join("admin.sock")).await);
+    let mut admin = AdminClient::new(uds(dir.join("admin.sock")).await);
     admin.revoke_session(lanyard_proto::admin::RevokeSessionRequest { session: "s1".into() }).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     for poll in polls {
@@ -475,27 +439,14 @@ async fn a_thousand_idle_long_polls_are_held_and_all_see_the_next_event() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(body.contains("\"next\":1"), "{body}");
     }
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    endpoint.stop().await;
 }
 
 #[tokio::test]
 async fn the_bundle_endpoint_refuses_oversized_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new(
-        "example.org".parse().unwrap(),
-        dir.path().join("data"),
-        dir.path().join("admin.sock"),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.bundle_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.bundle_addr().unwrap().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let endpoint = BundleEndpoint::start(|_| {}).await;
+    let addr = endpoint.addr;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let huge = "a".repeat(1024 * 1024);
     let request = format!("GET /bundle HTTP/1.1\r\nHost: lanyard\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n");
@@ -507,8 +458,7 @@ async fn the_bundle_endpoint_refuses_oversized_requests() {
     // And it goes on serving others.
     let (head, _) = http_get(addr, "/bundle", "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "the endpoint still serves");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    endpoint.stop().await;
 }
 
 #[tokio::test]
