@@ -13,6 +13,8 @@ fi
 dict_of() {
     case "$1" in
         spiffe_id|selector_duration) echo dicts/spiffe.dict ;;
+        config) echo dicts/config.dict ;;
+        requests) echo dicts/requests.dict ;;
         *) echo dicts/jose.dict ;;
     esac
 }
@@ -20,7 +22,9 @@ cargo +nightly fuzz build -O
 for target in $(cargo +nightly fuzz list); do
     mkdir -p "corpus/$target"
     echo "--- fuzz $target for ${seconds}s"
-    cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+    inputs=("corpus/$target" "seeds/$target")
+    if [ -d "regressions/$target" ]; then inputs+=("regressions/$target"); fi
+    cargo +nightly fuzz run -O "$target" "${inputs[@]}" -- \
         -max_total_time="$seconds" -dict="$(dict_of "$target")" -print_final_stats=1 2>&1 \
         | grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|panicked|ERROR|SUMMARY|crash-" || true
     if ls "artifacts/$target"/crash-* >/dev/null 2>&1; then

@@ -31,6 +31,10 @@ mod cache;
 mod config;
 mod convert;
 mod error;
+/// The server-message conversions for the fuzz targets (`--features fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod jwt_cache;
 mod metrics;

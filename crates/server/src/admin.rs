@@ -552,7 +552,7 @@ fn optional<T>(value: &str, parse: impl FnOnce(&str) -> Result<T, ApiError>) -> 
 }
 
 /// Exactly one subject of a risk report.
-fn risk_subject(subject: Option<&lanyard_proto::admin::RiskSubject>) -> Result<RiskSubject, ApiError> {
+pub(crate) fn risk_subject(subject: Option<&lanyard_proto::admin::RiskSubject>) -> Result<RiskSubject, ApiError> {
     let s = subject.ok_or_else(|| ApiError::invalid("subject", "missing"))?;
     let given = [&s.user_sub, &s.connector, &s.agent, &s.session].iter().filter(|v| !v.is_empty()).count();
     if given != 1 {

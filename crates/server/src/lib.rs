@@ -33,6 +33,10 @@ mod bundle_endpoint;
 mod config;
 mod convert;
 pub mod feed;
+/// Request conversions for the fuzz targets (`--features fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http_serve;
 mod https;
 mod kek;
