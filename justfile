@@ -35,3 +35,10 @@ ci:
 # Fuzz every parser that sees outside bytes (nightly + cargo-fuzz), SECONDS each.
 fuzz SECONDS="60":
     scripts/fuzz.sh {{SECONDS}}
+
+# Soak: a release server, agent and verifier under steady load for DURATION,
+# sampled every 10 s; fails if memory, descriptors, store or p99 keep growing.
+# Writes target/soak/{samples.csv,soak.png,verdicts.txt}; ARGS go to lanyard-soak.
+soak DURATION="30m" *ARGS:
+    cargo build --release -p lanyard -p lanyard-soak
+    target/release/lanyard-soak --duration {{DURATION}} {{ARGS}}

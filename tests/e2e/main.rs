@@ -13,6 +13,7 @@
 //! - [`deploy`]: deploy/ against the binary: the Kubernetes configs pass check-config; paths, ports,
 //!   probes and the Containerfile agree with them;
 //! - [`torture`]: SIGKILL at random moments under mixed load, again and again;
+//! - [`soak`]: the soak tool in a short run (`just soak` runs it for 30 minutes);
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
 //! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
 //! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL;
@@ -43,6 +44,7 @@ mod policy;
 mod resilience;
 mod rotation;
 mod security;
+mod soak;
 mod spiffe_client;
 mod tasks;
 mod torture;

@@ -100,6 +100,14 @@ pub(crate) struct BenchArgs {
     /// The issuer's bundle endpoint, to verify the fetched task tokens against.
     #[arg(long, value_name = "URL")]
     pub(crate) bundle_url: Option<String>,
+    /// A steady rate: operations per second of each operation, spread over the
+    /// workloads (0: every loop sends its next request as soon as the last returns).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) rate: u32,
+    /// Also print what each operation did in every period of this length (a
+    /// JSON line each with --output json), for long runs.
+    #[arg(long, value_parser = lanyard_core::parse_duration, value_name = "DURATION")]
+    pub(crate) interval: Option<std::time::Duration>,
     #[command(flatten)]
     pub(crate) socket: WorkloadSocket,
     #[command(flatten)]

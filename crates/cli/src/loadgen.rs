@@ -1,8 +1,10 @@
 //! `lanyard bench`: load on a running agent (and, through it, the server).
 //!
 //! Each of N simulated workloads opens its own connection to the agent's
-//! socket and runs every selected operation on it in a closed loop of its
-//! own: the next request goes out when the last one has returned. The caller
+//! socket and runs every selected operation on it in a loop of its own:
+//! closed by default (the next request goes out when the last one has
+//! returned), or paced to a steady `--rate`. With `--interval` a line per
+//! period says what each operation did in it, for soak runs. The caller
 //! is attested as itself, so this process must be registered as a workload.
 //! Operations that complete in the warm-up are not counted; those still in
 //! flight when the measured window closes are dropped. Throughput is the
@@ -13,6 +15,7 @@
 //! that do the IO follow.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -39,6 +42,10 @@ const ERROR_PAUSE: Duration = Duration::from_millis(50);
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// Distinct error messages kept per operation (every error is counted).
 const MAX_ERROR_SAMPLES: usize = 5;
+/// Shortest `--interval`.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Highest `--rate` (per operation).
+const MAX_RATE: u32 = 1_000_000;
 
 /// One operation the load generator can drive.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +84,12 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Vec<Op>> {
     }
     if args.duration.is_zero() {
         bail!("--duration must be longer than 0s");
+    }
+    if args.interval.is_some_and(|i| i < MIN_INTERVAL) {
+        bail!("--interval must be at least {}", secs(MIN_INTERVAL));
+    }
+    if args.rate > MAX_RATE {
+        bail!("--rate must be at most {MAX_RATE}");
     }
     let task = args.task.is_some();
     let bundle = args.bundle_url.is_some();
@@ -269,6 +282,45 @@ struct OpSummary {
     error_samples: Vec<(String, u64)>,
 }
 
+impl OpSummary {
+    /// Its JSON object; latencies in microseconds, `null` when none succeeded.
+    fn json(&self) -> Value {
+        let l = self.latency.as_ref();
+        json!({
+            "op": self.op.name(),
+            "count": self.count,
+            "errors": self.errors,
+            "per_sec": (self.per_sec * 10.0).round() / 10.0,
+            "mean_us": l.map(|l| us(l.mean)),
+            "p50_us": l.map(|l| us(l.p50)),
+            "p95_us": l.map(|l| us(l.p95)),
+            "p99_us": l.map(|l| us(l.p99)),
+            "max_us": l.map(|l| us(l.max)),
+            "error_samples": self.error_samples.iter()
+                .map(|(message, n)| json!({ "message": message, "count": n }))
+                .collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// One `--interval` line: what each operation did in the period that ended
+/// `end` after the start of measuring.
+fn interval_line(end: Duration, ops: &[OpSummary], output: Output) -> String {
+    match output {
+        Output::Json => json!({ "interval_end_secs": end.as_secs_f64(), "ops": ops.iter().map(OpSummary::json).collect::<Vec<_>>() }).to_string(),
+        Output::Text => {
+            let parts: Vec<String> = ops
+                .iter()
+                .map(|s| {
+                    let p99 = s.latency.map_or_else(|| "-".to_owned(), |l| ms(l.p99));
+                    format!("{} {:.1}/s p99 {p99} ms, {} errors", s.op.name(), s.per_sec, s.errors)
+                })
+                .collect();
+            format!("[{}] {}", secs(end), parts.join("; "))
+        }
+    }
+}
+
 fn summarize(op: Op, tally: &Tally, measured: Duration) -> OpSummary {
     let h = &tally.latencies;
     let latency = match (h.mean(), h.quantile(0.50), h.quantile(0.95), h.quantile(0.99), h.max()) {
@@ -343,27 +395,7 @@ impl Report {
 
     /// The same as JSON; latencies in microseconds, `null` when none succeeded.
     fn json(&self) -> Value {
-        let ops: Vec<Value> = self
-            .ops
-            .iter()
-            .map(|s| {
-                let l = s.latency.as_ref();
-                json!({
-                    "op": s.op.name(),
-                    "count": s.count,
-                    "errors": s.errors,
-                    "per_sec": (s.per_sec * 10.0).round() / 10.0,
-                    "mean_us": l.map(|l| us(l.mean)),
-                    "p50_us": l.map(|l| us(l.p50)),
-                    "p95_us": l.map(|l| us(l.p95)),
-                    "p99_us": l.map(|l| us(l.p99)),
-                    "max_us": l.map(|l| us(l.max)),
-                    "error_samples": s.error_samples.iter()
-                        .map(|(message, n)| json!({ "message": message, "count": n }))
-                        .collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let ops: Vec<Value> = self.ops.iter().map(OpSummary::json).collect();
         json!({
             "socket": self.socket,
             "workloads": self.workloads,
@@ -410,8 +442,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let window = Window { from: start + args.warmup, to: start + args.warmup + args.duration };
+    // Each loop's share of --rate: one request per `period`, loops spread evenly over it.
+    let period = (args.rate > 0).then(|| Duration::from_secs_f64(f64::from(args.workloads) / f64::from(args.rate)));
+    let periods = args.interval.map(|_| Periods::new(&ops));
     let mut loops = tokio::task::JoinSet::new();
-    for channel in &channels {
+    for (index, channel) in channels.iter().enumerate() {
+        // The loops of one workload start together, the workloads spread evenly over a period.
+        let first = period.map(|period| (start + period.mul_f64(index as f64 / f64::from(args.workloads)), period));
         for &op in &ops {
             let caller = match op {
                 Op::X509 => Caller::X509(SpiffeWorkloadApiClient::new(channel.clone())),
@@ -431,13 +468,27 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            loops.spawn(drive(op, caller, window));
+            let ticker = first.map(|(at, period)| {
+                let mut ticker = tokio::time::interval_at(at, period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker
+            });
+            loops.spawn(drive(op, caller, Pacing { window, ticker, periods: periods.clone() }));
         }
     }
+    let reporter = match (args.interval, &periods) {
+        (Some(every), Some(periods)) => {
+            Some(tokio::spawn(report_periods(periods.clone(), window, every, args.output.output)))
+        }
+        _ => None,
+    };
     let mut tallies: BTreeMap<Op, Tally> = ops.iter().map(|op| (*op, Tally::default())).collect();
     while let Some(done) = loops.join_next().await {
         let (op, tally) = done.context("a load loop stopped unexpectedly")?;
         tallies.entry(op).or_default().merge(tally);
+    }
+    if let Some(reporter) = reporter {
+        reporter.await.context("the interval reporter stopped unexpectedly")?;
     }
     let report = Report {
         socket: args.socket.socket.clone(),
@@ -465,6 +516,50 @@ async fn start_verifier(url: &str) -> anyhow::Result<Verifier> {
         config = config.issuer(issuer);
     }
     Verifier::start(endpoint, config).await.with_context(|| format!("cannot start a verifier on {url}"))
+}
+
+/// What each operation did in the current `--interval` period, shared by
+/// the loops and taken by the reporter at the end of each period.
+#[derive(Clone)]
+struct Periods(Arc<Mutex<BTreeMap<Op, Tally>>>);
+
+impl Periods {
+    fn new(ops: &[Op]) -> Self {
+        Self(Arc::new(Mutex::new(ops.iter().map(|op| (*op, Tally::default())).collect())))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Op, Tally>> {
+        // A loop that panicked holding the lock left whole tallies behind.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the period saw, leaving empty tallies for the next.
+    fn take(&self) -> BTreeMap<Op, Tally> {
+        let mut tallies = self.lock();
+        let fresh = tallies.keys().map(|op| (*op, Tally::default())).collect();
+        std::mem::replace(&mut *tallies, fresh)
+    }
+}
+
+/// Prints a line per `every` of the measured window.
+async fn report_periods(periods: Periods, window: Window, every: Duration, output: Output) {
+    let mut end = window.from + every;
+    periods.take(); // what the warm-up did
+    while end <= window.to {
+        tokio::time::sleep_until(end).await;
+        let ops: Vec<OpSummary> = periods.take().iter().map(|(op, tally)| summarize(*op, tally, every)).collect();
+        println!("{}", interval_line(end - window.from, &ops, output));
+        end += every;
+    }
+}
+
+/// How a loop runs: when it counts, how fast, and where it also reports.
+struct Pacing {
+    window: Window,
+    /// With `--rate`: the next request waits for the next tick.
+    ticker: Option<tokio::time::Interval>,
+    /// With `--interval`: each counted outcome is also recorded here.
+    periods: Option<Periods>,
 }
 
 /// The measured window: after the warm-up, before the end.
@@ -545,12 +640,20 @@ impl Caller {
     }
 }
 
-/// Runs `caller` in a closed loop until the window closes; what it saw in the window.
-async fn drive(op: Op, mut caller: Caller, window: Window) -> (Op, Tally) {
+/// Runs `caller` in its loop until the window closes; what it saw in the window.
+async fn drive(op: Op, mut caller: Caller, pacing: Pacing) -> (Op, Tally) {
+    let Pacing { window, mut ticker, periods } = pacing;
     let mut tally = Tally::default();
     let end = tokio::time::sleep_until(window.to);
     tokio::pin!(end);
     loop {
+        if let Some(ticker) = ticker.as_mut() {
+            tokio::select! {
+                biased;
+                () = &mut end => break,
+                _ = ticker.tick() => {}
+            }
+        }
         let outcome = tokio::select! {
             biased;
             () = &mut end => break,
@@ -561,27 +664,17 @@ async fn drive(op: Op, mut caller: Caller, window: Window) -> (Op, Tally) {
             break;
         }
         let counted = now >= window.from;
-        let failed = match outcome {
-            Ok(Ok(latency)) => {
-                if counted {
-                    tally.ok(latency);
-                }
-                false
-            }
-            Ok(Err(message)) => {
-                if counted {
-                    tally.error(message);
-                }
-                true
-            }
-            Err(_) => {
-                if counted {
-                    tally.error(format!("no answer within {}", secs(OP_TIMEOUT)));
-                }
-                true
-            }
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no answer within {}", secs(OP_TIMEOUT))),
         };
-        if failed {
+        if counted {
+            record(&mut tally, &outcome);
+            if let Some(periods) = &periods {
+                record(periods.lock().entry(op).or_default(), &outcome);
+            }
+        }
+        if outcome.is_err() {
             tokio::select! {
                 biased;
                 () = &mut end => break,
@@ -590,6 +683,13 @@ async fn drive(op: Op, mut caller: Caller, window: Window) -> (Op, Tally) {
         }
     }
     (op, tally)
+}
+
+fn record(tally: &mut Tally, outcome: &Result<Duration, String>) {
+    match outcome {
+        Ok(latency) => tally.ok(*latency),
+        Err(message) => tally.error(message.clone()),
+    }
 }
 
 #[cfg(test)]
@@ -811,5 +911,42 @@ mod tests {
         assert!(planned(&["--duration", "0s"]).unwrap_err().contains("--duration"));
         assert!(bench(&["--duration", "5"]).is_err(), "durations carry a unit");
         assert_eq!(bench(&["--warmup", "0s"]).unwrap().warmup, Duration::ZERO);
+        assert!(planned(&["--interval", "10ms"]).unwrap_err().contains("--interval"));
+        assert!(planned(&["--rate", "2000000"]).unwrap_err().contains("--rate"));
+        let steady = bench(&["--rate", "200", "--interval", "10s"]).unwrap();
+        assert_eq!((steady.rate, steady.interval), (200, Some(Duration::from_secs(10))));
+    }
+
+    #[test]
+    fn an_interval_line_says_what_each_op_did_in_its_period() {
+        let mut good = Tally::default();
+        (1..=100).for_each(|i| good.ok(us_(i * 10)));
+        let mut bad = Tally::default();
+        bad.error("unavailable".into());
+        let ops =
+            [summarize(Op::Jwt, &good, Duration::from_secs(10)), summarize(Op::Verify, &bad, Duration::from_secs(10))];
+        let line = interval_line(Duration::from_secs(20), &ops, Output::Json);
+        let json: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["interval_end_secs"], 20.0);
+        assert_eq!((json["ops"][0]["op"].as_str(), json["ops"][0]["per_sec"].as_f64()), (Some("jwt"), Some(10.0)));
+        assert_eq!(json["ops"][0]["max_us"], 1000.0);
+        assert_eq!((json["ops"][1]["errors"].as_u64(), &json["ops"][1]["p99_us"]), (Some(1), &Value::Null));
+        let text = interval_line(Duration::from_secs(20), &ops, Output::Text);
+        assert!(
+            text.starts_with("[20s] jwt 10.0/s p99 ") && text.ends_with("verify 0.0/s p99 - ms, 1 errors"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_period_hands_over_its_tallies_and_starts_empty() {
+        let periods = Periods::new(&[Op::X509, Op::Jwt]);
+        periods.lock().entry(Op::X509).or_default().ok(us_(5));
+        let first = periods.take();
+        assert_eq!(first[&Op::X509].latencies.count, 1);
+        assert_eq!(first.keys().copied().collect::<Vec<_>>(), [Op::X509, Op::Jwt]);
+        let second = periods.take();
+        assert!(second.values().all(|t| t.latencies.count == 0 && t.errors == 0), "{second:?}");
+        assert_eq!(second.len(), 2);
     }
 }
