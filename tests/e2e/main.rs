@@ -16,6 +16,7 @@
 //! - [`soak`]: the soak tool in a short run (`just soak` runs it for 30 minutes);
 //! - [`tasks`]: orchestrator and connector workloads, task tokens, refusals, delegation;
 //! - [`policy`]: Cedar policies through `--policy`, `policy check` and reloads;
+//! - [`postgres`]: two server replicas over one PostgreSQL database (`--store-url`);
 //! - [`audit`]: audit records, tamper and truncation detection, mints across SIGKILL;
 //! - [`verify`]: `token verify`, lanyard-verify following the feed, the example tool
 //!   service and MCP connector, PyJWT through discovery.
@@ -41,6 +42,7 @@ mod deploy;
 mod harness;
 mod loadgen;
 mod policy;
+mod postgres;
 mod resilience;
 mod rotation;
 mod security;

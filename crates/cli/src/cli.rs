@@ -496,6 +496,10 @@ pub(crate) struct ServerRun {
     /// Where the store lives.
     #[arg(long, default_value = "/var/lib/lanyard/server")]
     pub(crate) data_dir: PathBuf,
+    /// Keep the store in PostgreSQL instead (postgres://user@host:port/db), shared
+    /// by every server replica; --data-dir is then unused.
+    #[arg(long, env = "LANYARD_STORE_URL", value_name = "URL")]
+    pub(crate) store_url: Option<String>,
     /// The trust domain (e.g. example.org).
     #[arg(long)]
     pub(crate) trust_domain: TrustDomain,

@@ -77,6 +77,7 @@ pub(crate) fn check_agent(args: AgentRun) -> anyhow::Result<()> {
 
 fn server_config(args: ServerRun) -> ServerConfig {
     let mut config = ServerConfig::new(args.trust_domain, args.data_dir, args.admin.admin_socket, args.listen);
+    config.store_url = args.store_url;
     config.bundle_listen = args.bundle_listen;
     config.public_url = args.public_url;
     config.bundle_tls = args.bundle_tls_cert.zip(args.bundle_tls_key);

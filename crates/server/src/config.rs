@@ -11,8 +11,11 @@ use lanyard_core::{TrustDomain, Ttl};
 pub struct ServerConfig {
     /// The trust domain every identity belongs to.
     pub trust_domain: TrustDomain,
-    /// Where the sled store lives.
+    /// Where the sled store lives (unused with `store_url`).
     pub data_dir: PathBuf,
+    /// A PostgreSQL store shared by every replica (`postgres://…`) instead
+    /// of the sled store in `data_dir`.
+    pub store_url: Option<String>,
     /// The admin API's Unix socket, created 0600.
     pub admin_socket: PathBuf,
     /// The node API (mTLS) listen address.
@@ -71,6 +74,7 @@ impl ServerConfig {
         Self {
             trust_domain,
             data_dir,
+            store_url: None,
             admin_socket,
             listen,
             bundle_listen: None,

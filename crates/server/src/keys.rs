@@ -100,6 +100,15 @@ pub(crate) async fn reconcile(store: &dyn Store, ctx: KeyContext<'_>, now: Syste
 async fn take_due_steps(store: &dyn Store, ctx: KeyContext<'_>, now: SystemTime) -> Result<Vec<KeyRecord>, StartError> {
     let now_s = unix_secs(now);
     let mut records = store.list_keys().await?;
+    let due = |records: &[KeyRecord]| {
+        KINDS.iter().any(|kind| key_lifecycle::plan(records, *kind, now_s, ctx.lifetimes.of(*kind).as_secs()).is_some())
+    };
+    if !due(&records) {
+        return Ok(records);
+    }
+    // One replica at a time: another may have taken the step while we waited.
+    let _lock = store.lock_keys().await?;
+    records = store.list_keys().await?;
     for kind in KINDS {
         // At most two steps per kind at a time (create, then nothing; or
         // revoke-driven activate): bounded, so a bug cannot spin here.
@@ -133,6 +142,7 @@ pub(crate) async fn rotate_now(
     now: SystemTime,
     actor: &str,
 ) -> Result<(), StartError> {
+    let _lock = store.lock_keys().await?;
     let records = store.list_keys().await?;
     let now_s = unix_secs(now);
     let active = key_lifecycle::active(&records, kind, now_s).map(|r| r.id.clone());
@@ -192,6 +202,7 @@ pub(crate) async fn revoke(
     now: SystemTime,
     actor: &str,
 ) -> Result<KeyRecord, RevokeError> {
+    let _lock = store.lock_keys().await.map_err(StartError::from)?;
     let records = store.list_keys().await.map_err(StartError::from)?;
     let record = records.iter().find(|r| r.id == id).ok_or_else(|| RevokeError::NotFound(id.to_owned()))?;
     if record.revoked_at.is_some() {

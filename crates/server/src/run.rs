@@ -10,7 +10,7 @@ use lanyard_ca::{Clock, SystemClock};
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
 use lanyard_proto::status::bad_input_is_invalid_argument;
-use lanyard_store::{SledStore, Store, StoreError};
+use lanyard_store::{PgStore, SledStore, Store, StoreError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -113,7 +113,10 @@ pub async fn check_config(config: &ServerConfig) -> Result<Vec<String>, StartErr
     let mut found = vec![
         format!("trust domain {}", config.trust_domain),
         format!("node API on {}", config.listen),
-        format!("store in {}", config.data_dir.display()),
+        match &config.store_url {
+            Some(url) => format!("store: {}", PgStore::describe(url).map_err(|e| StartError::Config(format!("--store-url: {e}")))?),
+            None => format!("store in {}", config.data_dir.display()),
+        },
     ];
     if let Some(addr) = config.bundle_listen {
         let scheme = if config.bundle_tls.is_some() { "https" } else { "http" };
@@ -142,7 +145,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store in `config.data_dir`, loads or creates the keys and
+    /// Opens the store (`config.store_url`, else `config.data_dir`), loads or creates the keys and
     /// binds both APIs. Fails fast, with a message naming the culprit.
     pub async fn bind(config: ServerConfig) -> Result<Self, StartError> {
         Self::bind_with_clock(config, Arc::new(SystemClock)).await
@@ -151,7 +154,10 @@ impl Server {
     /// As [`Server::bind`], with an injected clock.
     pub async fn bind_with_clock(mut config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         let Checked { kek, upstream } = check(&config)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let store: Arc<dyn Store> = match &config.store_url {
+            Some(url) => Arc::new(PgStore::connect(url).await?),
+            None => Arc::new(SledStore::open(&config.data_dir)?),
+        };
         let td = config.trust_domain.clone();
         keys::seal_at_rest(store.as_ref(), kek.as_ref(), clock.now()).await?;
         let context =

@@ -56,6 +56,13 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// PostgreSQL refused a statement or could not be reached; the
+    /// message has its SQLSTATE when it gave one.
+    #[error("database error: {0}")]
+    Postgres(String),
+    /// The backend cannot do this; the message says what to use instead.
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
     /// A flush failed earlier (or the store shut down): nothing more can be made durable.
     #[error("store is closed: an earlier flush failed or the store shut down; restart the server")]
     Closed,

@@ -41,7 +41,10 @@
 
 mod audit;
 mod commit;
+#[cfg(test)]
+mod contract;
 mod error;
+mod pg_store;
 mod records;
 mod revocation;
 mod sled_store;
@@ -52,9 +55,10 @@ pub use audit::{
 };
 pub use error::{Result, StoreError};
 pub use records::{
-    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, Preconditions, TaskFilter,
+    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyLock, KeyRecord, Preconditions, TaskFilter,
     hash_join_token,
 };
 pub use revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject};
+pub use pg_store::{PG_SCHEMA_VERSION, PgStore};
 pub use sled_store::{BackupManifest, SledStore};
 pub use store::Store;

@@ -44,6 +44,28 @@ pub fn hash_join_token(token: &str) -> [u8; 32] {
     out
 }
 
+/// Held while one server changes signing keys ([`crate::Store::lock_keys`]);
+/// released when dropped.
+pub struct KeyLock(#[allow(dead_code, reason = "held for its drop")] Option<Box<dyn Send + Sync>>);
+
+impl KeyLock {
+    /// A lock with nothing to release: the store has one process.
+    pub(crate) fn local() -> Self {
+        Self(None)
+    }
+
+    /// A lock released by dropping `holder`.
+    pub(crate) fn held_by(holder: impl Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(holder)))
+    }
+}
+
+impl fmt::Debug for KeyLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "KeyLock(shared)" } else { "KeyLock(local)" })
+    }
+}
+
 /// What a signing key is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyKind {

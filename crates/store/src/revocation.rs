@@ -123,6 +123,38 @@ pub(crate) fn risk_rank(level: &str) -> u8 {
     }
 }
 
+/// The `risks` key of `subject`: a tag byte, then the subject, so that
+/// every key is distinct whatever the strings hold. A user's is
+/// [`user_risk_prefix`] then `\0` (every issuer) or `\x01` and the issuer.
+pub(crate) fn risk_key(subject: &RiskSubject) -> Vec<u8> {
+    match subject {
+        RiskSubject::User { sub, iss } => {
+            let mut key = user_risk_prefix(sub);
+            match iss {
+                None => key.push(0),
+                Some(iss) => {
+                    key.push(1);
+                    key.extend_from_slice(iss.as_bytes());
+                }
+            }
+            key
+        }
+        RiskSubject::Connector(id) => [b"c", id.as_str().as_bytes()].concat(),
+        RiskSubject::Agent(id) => [b"a", id.as_str().as_bytes()].concat(),
+        RiskSubject::Session(session) => [b"s", session.as_str().as_bytes()].concat(),
+    }
+}
+
+/// The `risks` key prefix of every report on the user `sub`, at any
+/// issuer. Length-prefixed, so `al` is no prefix of `alice`.
+pub(crate) fn user_risk_prefix(sub: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(sub.len() + 10);
+    key.push(b'u');
+    key.extend_from_slice(&(sub.len() as u64).to_be_bytes());
+    key.extend_from_slice(sub.as_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -450,6 +450,11 @@ impl Store for SledStore {
         self.blocking(|inner| inner.list_all(TreeId::Agents)).await
     }
 
+    async fn lock_keys(&self) -> Result<crate::KeyLock> {
+        // One process has the directory; the server serializes its own key changes.
+        Ok(crate::KeyLock::local())
+    }
+
     async fn put_key(&self, key: KeyRecord, audit: AuditEvent) -> Result<()> {
         self.write(move |inner| inner.put_key(&key, audit)).await
     }

@@ -90,6 +90,12 @@ pub trait Store: Send + Sync + 'static {
     /// agent appends another event.
     async fn ban_agent(&self, id: &SpiffeId, at: u64, audit: AuditEvent) -> Result<AgentRecord>;
 
+    /// Keeps every other server sharing this store from changing signing
+    /// keys until the returned lock is dropped, so that one replica at a
+    /// time decides a rotation. Waits while another holds it. (A store one
+    /// process has to itself returns at once.)
+    async fn lock_keys(&self) -> Result<crate::KeyLock>;
+
     /// Inserts or replaces a signing key; durable with its audit record.
     async fn put_key(&self, key: KeyRecord, audit: AuditEvent) -> Result<()>;
 

@@ -17,7 +17,7 @@
 //! | `tasks_by_session` | session `\0` task id (16 bytes) | empty |
 //! | `revocations` | seq, u64 big-endian | [`Revocation`](crate::Revocation) JSON |
 //! | `revoked_sessions` | session | JSON number: seq of its first revocation |
-//! | `risks` | [`risk_key`] of the subject | [`RiskRecord`](crate::RiskRecord) JSON |
+//! | `risks` | [`risk_key`](crate::revocation::risk_key) of the subject | [`RiskRecord`](crate::RiskRecord) JSON |
 //!
 //! `meta` also holds `revocation_seq`, the newest revocation event's seq, and
 //! `audit_applied`, the seq of the newest audit record whose state change is
@@ -41,7 +41,6 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{Result, StoreError};
-use crate::revocation::RiskSubject;
 
 /// `meta` key of the schema version.
 pub(super) const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -328,38 +327,6 @@ pub(super) fn trailing_task_id(tree: TreeId, key: &[u8]) -> Result<TaskId> {
         .and_then(|start| <[u8; 16]>::try_from(&key[start..]).ok())
         .map(TaskId::from_bytes)
         .ok_or_else(|| StoreError::Corrupt(format!("{tree} key {} is too short", KeyDisplay(tree, key))))
-}
-
-/// The `risks` key of `subject`: a tag byte, then the subject, so that
-/// every key is distinct whatever the strings hold. A user's is
-/// [`user_risk_prefix`] then `\0` (every issuer) or `\x01` and the issuer.
-pub(super) fn risk_key(subject: &RiskSubject) -> Vec<u8> {
-    match subject {
-        RiskSubject::User { sub, iss } => {
-            let mut key = user_risk_prefix(sub);
-            match iss {
-                None => key.push(0),
-                Some(iss) => {
-                    key.push(1);
-                    key.extend_from_slice(iss.as_bytes());
-                }
-            }
-            key
-        }
-        RiskSubject::Connector(id) => [b"c", id.as_str().as_bytes()].concat(),
-        RiskSubject::Agent(id) => [b"a", id.as_str().as_bytes()].concat(),
-        RiskSubject::Session(session) => [b"s", session.as_str().as_bytes()].concat(),
-    }
-}
-
-/// The `risks` key prefix of every report on the user `sub`, at any
-/// issuer. Length-prefixed, so `al` is no prefix of `alice`.
-pub(super) fn user_risk_prefix(sub: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(sub.len() + 10);
-    key.push(b'u');
-    key.extend_from_slice(&(sub.len() as u64).to_be_bytes());
-    key.extend_from_slice(sub.as_bytes());
-    key
 }
 
 /// How `key` of `tree` is shown in error messages.

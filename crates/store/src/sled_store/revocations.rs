@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use lanyard_core::SpiffeId;
 use serde_json::json;
 
-use super::layout::{Batch, TreeId, be_key, be_num, decode, risk_key, user_risk_prefix};
+use super::layout::{Batch, TreeId, be_key, be_num, decode};
 use super::tasks::draft;
 use super::{Inner, lock};
 use crate::audit::AuditEvent;
 use crate::error::{Result, StoreError};
 use crate::records::{AgentRecord, KeyRecord};
-use crate::revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject, risk_rank};
+use crate::revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject, risk_key, risk_rank, user_risk_prefix};
 
 impl Inner {
     pub(super) fn report_risk(&self, risk: RiskRecord, event: AuditEvent) -> Result<Revocation> {

@@ -3,77 +3,14 @@
 
 use std::path::Path;
 
-use lanyard_core::{Action, TaskId, User};
 use serde_json::json;
 
-use super::tasks::{sid, task, tid};
-use super::{audit_lines, event, id, open, tamper, write_audit_lines};
-use crate::{AuditContext, AuditEvent, AuditFilter, SledStore, Store, StoreError};
+use super::{audit_lines, open, tamper, write_audit_lines};
+use crate::contract::helpers::*;
+use crate::{SledStore, Store, StoreError};
 
-fn ctx_event(kind: &str, at: u64, task: u8, sub: &str, connector: &str) -> AuditEvent {
-    AuditEvent {
-        at,
-        context: AuditContext {
-            decision: Some("allow".into()),
-            policies: vec!["ceilings".into()],
-            connector: Some(id(&format!("connector/{connector}"))),
-            user: Some(User { iss: "https://idp.example".parse().unwrap(), sub: sub.parse().unwrap() }),
-            session: Some(sid("s1")),
-            task: Some(tid(task)),
-            tools: vec!["gh.read".parse().unwrap()],
-            action: Some(Action::Read),
-            audience: Some("https://api.example".parse().unwrap()),
-            agent: Some(id("agent/n1")),
-            jti_hash: Some("00".repeat(32)),
-            ..AuditContext::default()
-        },
-        ..event(kind)
-    }
-}
 
-fn seqs(records: &[crate::AuditRecord]) -> Vec<u64> {
-    records.iter().map(|r| r.seq).collect()
-}
 
-#[tokio::test]
-async fn context_round_trips_and_queries_filter_on_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let events = vec![
-        ctx_event("task_token.mint", 100, 1, "alice", "gh"),
-        ctx_event("task_token.deny", 200, 2, "bob", "gh"),
-        AuditEvent { at: 300, ..event("entry.create") },
-        ctx_event("task_token.mint", 400, 1, "alice", "slack"),
-    ];
-    for e in &events {
-        store.append_audit(e.clone()).await.unwrap();
-    }
-    let stored: Vec<AuditEvent> = store.audit_range(1, 10).await.unwrap().into_iter().map(|r| r.event).collect();
-    assert_eq!(stored, events);
-
-    let query = |filter: AuditFilter, from, limit| {
-        let store = &store;
-        async move { seqs(&store.query_audit(&filter, from, limit).await.unwrap()) }
-    };
-    let all = AuditFilter::default();
-    assert_eq!(query(all.clone(), 1, 10).await, [1, 2, 3, 4]);
-    assert_eq!(query(all.clone(), 0, 2).await, [1, 2]);
-    assert_eq!(query(all.clone(), 4, 10).await, [4]);
-    assert!(query(all.clone(), 5, 10).await.is_empty());
-    assert!(query(all, 1, 0).await.is_empty());
-    let by_task = AuditFilter { task: Some(tid(1)), ..Default::default() };
-    assert_eq!(query(by_task.clone(), 1, 10).await, [1, 4]);
-    assert_eq!(query(by_task.clone(), 2, 10).await, [4], "paged");
-    assert_eq!(query(by_task, 1, 1).await, [1]);
-    assert_eq!(query(AuditFilter { user_sub: Some("bob".into()), ..Default::default() }, 1, 10).await, [2]);
-    let gh = AuditFilter { connector: Some(id("connector/gh")), ..Default::default() };
-    assert_eq!(query(gh, 1, 10).await, [1, 2]);
-    assert_eq!(query(AuditFilter { since: Some(200), ..Default::default() }, 1, 10).await, [2, 3, 4]);
-    let mints_since = AuditFilter { since: Some(150), kind: Some("task_token.mint".into()), ..Default::default() };
-    assert_eq!(query(mints_since, 1, 10).await, [4]);
-    let nobody = AuditFilter { task: Some(TaskId::from_bytes([0; 16])), ..Default::default() };
-    assert!(query(nobody, 1, 10).await.is_empty());
-}
 
 /// A copy of the store directory `src` (the store must be closed).
 fn copy_store(src: &Path) -> tempfile::TempDir {

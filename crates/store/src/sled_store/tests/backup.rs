@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::{entry, event, open};
+use super::open;
+use crate::contract::helpers::{entry, event};
 use crate::{EntryFilter, SledStore, Store, StoreError};
 
 #[tokio::test]

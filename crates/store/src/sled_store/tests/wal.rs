@@ -2,13 +2,12 @@
 //! the trees ahead of the log, the move from the old audit tree, and
 //! decisions refused when a revocation got in first.
 
-use lanyard_core::SessionId;
 
-use super::tasks::{sid, task, tid};
-use super::{audit_lines, eid, entry, event, id, open, write_audit_lines};
+use super::{audit_lines, open, write_audit_lines};
+use crate::contract::helpers::*;
 use crate::sled_store::layout::{AUDIT_APPLIED_KEY, TreeId, Trees};
 use crate::sled_store::open_db;
-use crate::{Preconditions, RiskRecord, RiskSubject, Store, StoreError};
+use crate::Store;
 
 /// Runs `f` on the raw trees of the closed store in `dir`, then flushes.
 fn with_trees(dir: &std::path::Path, f: impl FnOnce(&Trees)) {
@@ -106,51 +105,4 @@ async fn records_in_the_old_audit_tree_move_to_the_log() {
     with_trees(dir.path(), |trees| assert!(trees.get(TreeId::Audit).is_empty(), "the tree is emptied"));
 }
 
-fn blocking() -> Vec<String> {
-    ["low", "medium", "high"].map(String::from).to_vec()
-}
 
-#[tokio::test]
-async fn a_decision_is_not_recorded_once_a_revocation_got_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    store.create_task(task(1, "gh", "s1", None), event("task.begin")).await.unwrap();
-    store.create_task(task(2, "gh", "s2", None), event("task.begin")).await.unwrap();
-    let pre = |t: u8, session: &str| Preconditions {
-        tasks: vec![tid(t)],
-        now: 1500,
-        session: Some(sid(session)),
-        risks: vec![RiskSubject::User { sub: "alice".into(), iss: None }],
-        blocking_levels: blocking(),
-    };
-    store.append_audit_if(event("allow"), &pre(1, "s1")).await.unwrap();
-
-    store.end_task(&tid(1), 1501, event("task.end")).await.unwrap();
-    let err = store.append_audit_if(event("allow"), &pre(1, "s1")).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Revoked(why) if why.contains("has ended")), "{err:?}");
-
-    let expired = Preconditions { now: u64::MAX, ..pre(2, "s2") };
-    assert!(matches!(store.append_audit_if(event("allow"), &expired).await, Err(StoreError::Revoked(_))));
-
-    store.revoke_session(&SessionId::parse("s9").unwrap(), 1, event("session.revoke")).await.unwrap();
-    let revoked = Preconditions { session: Some(sid("s9")), ..pre(2, "s2") };
-    assert!(matches!(store.append_audit_if(event("allow"), &revoked).await, Err(StoreError::Revoked(_))));
-
-    let risk = RiskRecord {
-        subject: RiskSubject::User { sub: "alice".into(), iss: None },
-        level: "medium".into(),
-        reason: "test".into(),
-        reported_at: 1,
-        reported_by: "admin".into(),
-    };
-    store.report_risk(risk, event("risk.report")).await.unwrap();
-    let err = store.append_audit_if(event("allow"), &pre(2, "s2")).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Revoked(why) if why.contains("medium")), "{err:?}");
-    // Below the blocking levels the risk does not stop it.
-    let lenient = Preconditions { blocking_levels: vec!["high".into()], ..pre(2, "s2") };
-    store.append_audit_if(event("allow"), &lenient).await.unwrap();
-
-    // Refused decisions wrote nothing.
-    let kinds: Vec<_> = store.audit_range(1, 100).await.unwrap().into_iter().map(|r| r.event.kind).collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "allow").count(), 2, "{kinds:?}");
-}

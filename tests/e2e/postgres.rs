@@ -1,0 +1,124 @@
+//! The PostgreSQL store with real processes: two `lanyard server` replicas
+//! over one database (`--store-url`), started under
+//! `scripts/with-postgres.sh` (as `.ci/run` does). Without
+//! `LANYARD_TEST_PG_URL` each test says it was skipped, unless
+//! `LANYARD_REQUIRE_PG` is set (CI), where that fails.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::harness::{
+    CONNECTOR, GITHUB, SEARCH, SVID_TIMEOUT, TaskRig, TaskSpec, TestAgent, TestServer, eventually, own_selector,
+    lanyard, refused, spiffe_id, success, task_id,
+};
+
+/// A new, empty database on the test server, as a `--store-url`.
+fn database() -> Option<String> {
+    let Ok(admin) = std::env::var("LANYARD_TEST_PG_URL") else {
+        assert!(std::env::var_os("LANYARD_REQUIRE_PG").is_none(), "LANYARD_REQUIRE_PG is set but LANYARD_TEST_PG_URL is not");
+        eprintln!("skipped: no LANYARD_TEST_PG_URL (run under scripts/with-postgres.sh)");
+        return None;
+    };
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!("lanyard_e2e_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    });
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+#[test]
+fn replicas_share_entries_tasks_and_revocations_through_one_database() {
+    let Some(url) = database() else { return };
+    // Replica A, with the agent and its workloads; replica B on the same database.
+    let rig = TaskRig::start(&["--store-url", &url], &[]);
+    let b = TestServer::start_with(&["--store-url", &url]);
+    assert!(b.entries().iter().any(|e| e["spiffe_id"] == CONNECTOR), "B lists what A wrote: {:?}", b.entries());
+
+    // A task begun on B; its tokens minted through the agent on A.
+    let task = task_id("task begin on B", &b.admin(&TaskSpec::default().args()));
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+    // Ended on B: A refuses the next mint at once.
+    b.admin_ok(&["task", "end", &task]);
+    refused("a token after task end on the other replica", &rig.connector.fetch_token(&task, GITHUB, &[SEARCH], "read"), "the task has ended");
+
+    // An entry created on B reaches the agent attested to A (revision sync through NOTIFY).
+    let extra = spiffe_id("connector/from-b");
+    b.create_entry(&extra, &rig.agent.spiffe_id(), &[&own_selector()], &[]);
+    eventually(SVID_TIMEOUT, "the entry created on B to be served by A's agent", || {
+        let out = lanyard().args(["svid", "fetch", "--output", "json", "--socket", &rig.agent.endpoint()]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(&extra) { Ok(()) } else { Err(text) }
+    });
+
+    // One audit chain, whichever replica wrote; it verifies through either.
+    for server in [&rig.server, &b] {
+        let out = server.admin(&["audit", "verify"]);
+        success("audit verify", &out);
+    }
+    let kinds: Vec<String> =
+        b.audit_query(&[]).iter().map(|r| r["event"]["kind"].as_str().unwrap_or_default().to_owned()).collect();
+    for kind in ["entry.create", "task.begin", "tasktoken.mint", "task.end", "x509svid.mint"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+}
+
+#[test]
+fn a_join_token_raced_on_two_replicas_attests_exactly_one_agent() {
+    let Some(url) = database() else { return };
+    let a = TestServer::start_with(&["--store-url", &url]);
+    let b = TestServer::start_with(&["--store-url", &url]);
+    let token = a.join_token("racer", "10m");
+    // Two agents started at once, one on each replica, with the one token.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, a.bundle_pem()).unwrap();
+    let mut racers: Vec<std::process::Child> = [&a, &b]
+        .iter()
+        .enumerate()
+        .map(|(n, server)| {
+            let data = dir.path().join(format!("agent{n}"));
+            let socket = format!("unix://{}", dir.path().join(format!("agent{n}.sock")).display());
+            lanyard()
+                .args(["agent", "run", "--data-dir", data.to_str().unwrap(), "--server", &server.addr()])
+                .args(["--trust-bundle", ca.to_str().unwrap(), "--socket", &socket, &format!("--join-token={token}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (loser, status) = eventually(SVID_TIMEOUT, "one of the two agents to be refused", || {
+        for (n, racer) in racers.iter_mut().enumerate() {
+            if let Some(status) = racer.try_wait().unwrap() {
+                return Ok((n, status));
+            }
+        }
+        Err("both still running")
+    });
+    assert!(!status.success(), "the loser exits refused");
+    assert!(racers[1 - loser].try_wait().unwrap().is_none(), "the winner attested and keeps running");
+    for racer in &mut racers {
+        let _ = racer.kill();
+        let _ = racer.wait();
+    }
+    assert_eq!(a.agents().len(), 1, "{:?}", a.agents());
+}
+
+#[test]
+fn a_server_restarted_on_its_database_keeps_everything() {
+    let Some(url) = database() else { return };
+    let mut server = TestServer::start_with(&["--store-url", &url]);
+    let agent = TestAgent::start(&server, "node1");
+    let id = spiffe_id("connector/kept");
+    server.create_entry(&id, &agent.spiffe_id(), &[&own_selector()], &[]);
+    let before = server.admin_ok(&["bundle", "show"]);
+    server.kill();
+    server.restart();
+    assert!(server.entries().iter().any(|e| e["spiffe_id"] == id.as_str()), "{:?}", server.entries());
+    assert_eq!(server.admin_ok(&["bundle", "show"]), before, "the same CA after a restart");
+    success("audit verify", &server.admin(&["audit", "verify"]));
+}
