@@ -5,27 +5,40 @@
 //! `LANYARD_REQUIRE_PG` is set (CI), where that fails.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use lanyard_proto::workload::X509svidRequest;
 
 use crate::harness::{
-    CONNECTOR, GITHUB, SEARCH, SVID_TIMEOUT, TaskRig, TaskSpec, TestAgent, TestServer, eventually, own_selector,
-    lanyard, refused, spiffe_id, success, task_id,
+    CONNECTOR, GITHUB, SEARCH, SVID_TIMEOUT, TaskRig, TaskSpec, TestAgent, TestServer, eventually, eventually_async,
+    lanyard, own_selector, refused, spiffe_id, success, task_id, wait_served,
 };
 
 /// A new, empty database on the test server, as a `--store-url`.
 fn database() -> Option<String> {
     let Ok(admin) = std::env::var("LANYARD_TEST_PG_URL") else {
-        assert!(std::env::var_os("LANYARD_REQUIRE_PG").is_none(), "LANYARD_REQUIRE_PG is set but LANYARD_TEST_PG_URL is not");
+        assert!(
+            std::env::var_os("LANYARD_REQUIRE_PG").is_none(),
+            "LANYARD_REQUIRE_PG is set but LANYARD_TEST_PG_URL is not"
+        );
         eprintln!("skipped: no LANYARD_TEST_PG_URL (run under scripts/with-postgres.sh)");
         return None;
     };
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!("lanyard_e2e_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    });
+    // Its own thread and runtime: callers may be async tests.
+    let create = format!("CREATE DATABASE {name}");
+    let server = admin.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&create).await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
     let (base, _) = admin.rsplit_once('/').unwrap();
     Some(format!("{base}/{name}"))
 }
@@ -43,13 +56,18 @@ fn replicas_share_entries_tasks_and_revocations_through_one_database() {
     rig.token(&task, GITHUB, &[SEARCH], "read");
     // Ended on B: A refuses the next mint at once.
     b.admin_ok(&["task", "end", &task]);
-    refused("a token after task end on the other replica", &rig.connector.fetch_token(&task, GITHUB, &[SEARCH], "read"), "the task has ended");
+    refused(
+        "a token after task end on the other replica",
+        &rig.connector.fetch_token(&task, GITHUB, &[SEARCH], "read"),
+        "the task has ended",
+    );
 
     // An entry created on B reaches the agent attested to A (revision sync through NOTIFY).
     let extra = spiffe_id("connector/from-b");
     b.create_entry(&extra, &rig.agent.spiffe_id(), &[&own_selector()], &[]);
     eventually(SVID_TIMEOUT, "the entry created on B to be served by A's agent", || {
-        let out = lanyard().args(["svid", "fetch", "--output", "json", "--socket", &rig.agent.endpoint()]).output().unwrap();
+        let out =
+            lanyard().args(["svid", "fetch", "--output", "json", "--socket", &rig.agent.endpoint()]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if text.contains(&extra) { Ok(()) } else { Err(text) }
     });
@@ -121,4 +139,40 @@ fn a_server_restarted_on_its_database_keeps_everything() {
     assert!(server.entries().iter().any(|e| e["spiffe_id"] == id.as_str()), "{:?}", server.entries());
     assert_eq!(server.admin_ok(&["bundle", "show"]), before, "the same CA after a restart");
     success("audit verify", &server.admin(&["audit", "verify"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_moves_to_another_replica_when_its_replica_dies() {
+    let Some(url) = database() else { return };
+    let mut a = TestServer::start_with(&["--store-url", &url]);
+    let b = TestServer::start_with(&["--store-url", &url]);
+    // Attested through A; B is its second server. SVIDs live 20 s, so they rotate while A is down.
+    let token = a.join_token("node1", "10m");
+    let agent =
+        TestAgent::start_with_token_args(&a, "node1", &[format!("--join-token={token}"), "--server".into(), b.addr()]);
+    let first = spiffe_id("connector/first");
+    a.create_entry(&first, &agent.spiffe_id(), &[&own_selector()], &["--x509-ttl", "20s"]);
+    let served = wait_served(&agent, &first, SVID_TIMEOUT).await;
+    let mut stream = crate::harness::workload_client(&agent.socket())
+        .await
+        .unwrap()
+        .fetch_x509svid(crate::harness::with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    a.kill();
+    // An entry created on B after A died reaches the agent: it moved to B.
+    let second = spiffe_id("connector/second");
+    b.create_entry(&second, &agent.spiffe_id(), &[&own_selector()], &[]);
+    wait_served(&agent, &second, SVID_TIMEOUT).await;
+    // The stream opened before A died is still open and carries the rotated SVID.
+    let rotated = eventually_async(Duration::from_secs(30), "a rotated SVID on the open stream", async || {
+        let message = stream.message().await.map_err(|s| s.to_string())?.ok_or("the stream ended")?;
+        let now = crate::harness::served(&message).into_iter().find(|s| s.spiffe_id == first).ok_or("no first SVID")?;
+        if now.leaf.serial != served.leaf.serial { Ok(now.leaf.serial) } else { Err("not rotated yet".to_owned()) }
+    })
+    .await;
+    assert_ne!(rotated, served.leaf.serial);
 }

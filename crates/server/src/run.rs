@@ -114,7 +114,10 @@ pub async fn check_config(config: &ServerConfig) -> Result<Vec<String>, StartErr
         format!("trust domain {}", config.trust_domain),
         format!("node API on {}", config.listen),
         match &config.store_url {
-            Some(url) => format!("store: {}", PgStore::describe(url).map_err(|e| StartError::Config(format!("--store-url: {e}")))?),
+            Some(url) => format!(
+                "store: {}",
+                PgStore::describe(url).map_err(|e| StartError::Config(format!("--store-url: {e}")))?
+            ),
             None => format!("store in {}", config.data_dir.display()),
         },
     ];

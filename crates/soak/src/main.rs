@@ -55,7 +55,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<bool> {
     let config = SoakConfig {
-        lanyard: args.lanyard.canonicalize().with_context(|| format!("no lanyard binary at {}", args.lanyard.display()))?,
+        lanyard: args
+            .lanyard
+            .canonicalize()
+            .with_context(|| format!("no lanyard binary at {}", args.lanyard.display()))?,
         duration: args.duration,
         interval: args.interval,
         settle: args.settle,
@@ -73,8 +76,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         args.out.display()
     );
     let samples = lanyard_soak::run(&config, |s| {
-        let p99: Vec<String> =
-            s.ops.iter().map(|o| format!("{} {}", o.op, o.p99_ms.map_or("-".to_owned(), |p| format!("{p:.1}ms")))).collect();
+        let p99: Vec<String> = s
+            .ops
+            .iter()
+            .map(|o| format!("{} {}", o.op, o.p99_ms.map_or("-".to_owned(), |p| format!("{p:.1}ms"))))
+            .collect();
         eprintln!(
             "[{:>6.0}s] rss server {:.1} agent {:.1} verifier {:.1} MiB; fds {}/{}/{}; store {:.1} + audit {:.1} MiB; p99 {}",
             s.t,
@@ -100,14 +106,16 @@ fn run(args: Args) -> anyhow::Result<bool> {
     plot::draw(&samples, font, &title, &args.out.join("soak.png"))?;
     let judged = lanyard_soak::judge(&samples, config.settle);
     let excess = lanyard_soak::error_excess(&samples);
-    let mut verdicts = format!("{:<40}{:>12}{:>12}{:>12}  verdict\n", "series (after settling)", "early", "middle", "late");
+    let mut verdicts =
+        format!("{:<40}{:>12}{:>12}{:>12}  verdict\n", "series (after settling)", "early", "middle", "late");
     for j in &judged {
         let (medians, word) = match &j.verdict {
             Verdict::Level(m) => (Some(m), "level"),
             Verdict::Growing(m) => (Some(m), "GROWING"),
             Verdict::TooShort(_) => (None, "too few samples"),
         };
-        let [a, b, c] = medians.map_or(["-".to_owned(), "-".to_owned(), "-".to_owned()], |m| m.map(|v| format!("{v:.2}")));
+        let [a, b, c] =
+            medians.map_or(["-".to_owned(), "-".to_owned(), "-".to_owned()], |m| m.map(|v| format!("{v:.2}")));
         verdicts.push_str(&format!("{:<40}{a:>12}{b:>12}{c:>12}  {word}\n", j.name));
     }
     for (op, count, errors) in &excess {
@@ -117,6 +125,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
     print!("{verdicts}");
     let growing = judged.iter().any(|j| j.verdict.is_growing());
     let ok = !growing && excess.is_empty();
-    eprintln!("lanyard-soak: {}; samples, graph and verdicts in {}", if ok { "passed" } else { "FAILED" }, args.out.display());
+    eprintln!(
+        "lanyard-soak: {}; samples, graph and verdicts in {}",
+        if ok { "passed" } else { "FAILED" },
+        args.out.display()
+    );
     Ok(ok)
 }

@@ -75,7 +75,11 @@ pub fn draw(samples: &[Sample], font: Vec<u8>, title: &str, path: &Path) -> Resu
     Ok(())
 }
 
-fn panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, caption: &str, lines: &[Line]) -> Result<(), SoakError> {
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    lines: &[Line],
+) -> Result<(), SoakError> {
     let points = lines.iter().flat_map(|(_, p)| p);
     let x_max = points.clone().map(|p| p.0).fold(1.0, f64::max);
     let y_max = points.map(|p| p.1).fold(0.0, f64::max);

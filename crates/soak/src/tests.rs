@@ -30,8 +30,9 @@ fn a_steady_run_is_level_everywhere_and_settling_is_not_judged() {
 
 #[test]
 fn growing_memory_descriptors_or_store_are_named() {
-    let samples: Vec<Sample> =
-        (1..40u32).map(|i| sample(f64::from(i) * 10.0, 40 + u64::from(i), 30 + u64::from(i), u64::from(i) << 21, 0)).collect();
+    let samples: Vec<Sample> = (1..40u32)
+        .map(|i| sample(f64::from(i) * 10.0, 40 + u64::from(i), 30 + u64::from(i), u64::from(i) << 21, 0))
+        .collect();
     let judged = judge(&samples, Duration::ZERO);
     let growing: Vec<&str> = judged.iter().filter(|j| j.verdict.is_growing()).map(|j| j.name.as_str()).collect();
     for name in ["server RSS (MiB)", "agent fds", "verifier RSS (MiB)", "store, sled files (MiB)"] {
@@ -62,7 +63,10 @@ fn csv_has_a_header_and_a_row_per_sample() {
     let text = csv(&samples);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines[0].ends_with("task-token_per_sec,task-token_p99_ms,task-token_errors,x509_per_sec,x509_p99_ms,x509_errors"));
+    assert!(
+        lines[0]
+            .ends_with("task-token_per_sec,task-token_p99_ms,task-token_errors,x509_per_sec,x509_p99_ms,x509_errors")
+    );
     assert_eq!(lines[1], "10,1048576,2,1048576,2,1048576,2,3,4,100,2,0,100,0.5,1");
     assert_eq!(lines[0].split(',').count(), lines[2].split(',').count());
 }
@@ -74,7 +78,8 @@ fn the_graph_is_a_png() {
         eprintln!("skipped: no {}", plot::DEFAULT_FONT);
         return;
     };
-    let samples: Vec<Sample> = (1..30u32).map(|i| sample(f64::from(i) * 10.0, 40, 30, 8 << 20, u64::from(i) << 20)).collect();
+    let samples: Vec<Sample> =
+        (1..30u32).map(|i| sample(f64::from(i) * 10.0, 40, 30, 8 << 20, u64::from(i) << 20)).collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("soak.png");
     plot::draw(&samples, font, "test", &path).unwrap();

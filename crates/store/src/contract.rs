@@ -41,7 +41,8 @@ impl Fixture {
         };
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("lanyard_test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("the test server");
+        let (client, connection) =
+            tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("the test server");
         tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create a test database");
         let (base, _) = admin.rsplit_once('/').expect("a URL ending in /<database>");

@@ -54,11 +54,11 @@ pub use audit::{
     AuditContext, AuditEvent, AuditFilter, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash,
 };
 pub use error::{Result, StoreError};
+pub use pg_store::{PG_SCHEMA_VERSION, PgStore};
 pub use records::{
     AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyLock, KeyRecord, Preconditions, TaskFilter,
     hash_join_token,
 };
 pub use revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject};
-pub use pg_store::{PG_SCHEMA_VERSION, PgStore};
 pub use sled_store::{BackupManifest, SledStore};
 pub use store::Store;

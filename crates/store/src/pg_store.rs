@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
-use tokio_postgres::GenericClient;
 use lanyard_core::{EndReason, Entry, EntryId, SessionId, SpiffeId, Task, TaskId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio_postgres::GenericClient;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
@@ -115,8 +115,12 @@ struct HeadRow {
 impl HeadRow {
     async fn read(client: &impl GenericClient, lock: bool) -> Result<Self> {
         let sql = match lock {
-            true => "SELECT audit_seq, audit_hash, revocation_seq, revision, tombstone_floor FROM lanyard_head WHERE id = 1 FOR UPDATE",
-            false => "SELECT audit_seq, audit_hash, revocation_seq, revision, tombstone_floor FROM lanyard_head WHERE id = 1",
+            true => {
+                "SELECT audit_seq, audit_hash, revocation_seq, revision, tombstone_floor FROM lanyard_head WHERE id = 1 FOR UPDATE"
+            }
+            false => {
+                "SELECT audit_seq, audit_hash, revocation_seq, revision, tombstone_floor FROM lanyard_head WHERE id = 1"
+            }
         };
         let row = client.query_one(sql, &[]).await.map_err(pg)?;
         let hash: Vec<u8> = row.get(1);
@@ -153,7 +157,12 @@ impl<'a> Write<'a> {
         self.tx.execute(sql, params).await.map_err(pg)
     }
 
-    async fn one<T: DeserializeOwned>(&self, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<T>> {
+    async fn one<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<T>> {
         match self.tx.query_opt(sql, params).await.map_err(pg)? {
             Some(row) => decode(what, &row.get::<_, String>(0)).map(Some),
             None => Ok(None),
@@ -164,8 +173,7 @@ impl<'a> Write<'a> {
     async fn audit(&mut self, event: AuditEvent) -> Result<AuditRecord> {
         let record = self.head.audit.next(event);
         let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
-        self.execute("INSERT INTO lanyard_audit (seq, record) VALUES ($1, $2)", &[&to_i64(record.seq)?, &json])
-            .await?;
+        self.execute("INSERT INTO lanyard_audit (seq, record) VALUES ($1, $2)", &[&to_i64(record.seq)?, &json]).await?;
         self.head.audit = ChainHead::after(&record);
         Ok(record)
     }
@@ -271,7 +279,12 @@ impl PgStore {
         Ok(head)
     }
 
-    async fn read_one<T: DeserializeOwned>(&self, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<T>> {
+    async fn read_one<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<T>> {
         let client = self.client().await?;
         match client.query_opt(sql, params).await.map_err(pg)? {
             Some(row) => decode(what, &row.get::<_, String>(0)).map(Some),
@@ -279,7 +292,12 @@ impl PgStore {
         }
     }
 
-    async fn read_all<T: DeserializeOwned>(&self, what: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<T>> {
+    async fn read_all<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<T>> {
         let client = self.client().await?;
         let rows = client.query(sql, params).await.map_err(pg)?;
         rows.iter().map(|row| decode(what, &row.get::<_, String>(0))).collect()
@@ -313,8 +331,11 @@ impl PgStore {
         let at = ending.at;
         let mut ids = Vec::with_capacity(ending.ended.len());
         for task in ending.ended {
-            w.execute("UPDATE lanyard_tasks SET doc = $2 WHERE id = $1", &[&task.id.as_bytes().as_slice(), &encode(&task)?])
-                .await?;
+            w.execute(
+                "UPDATE lanyard_tasks SET doc = $2 WHERE id = $1",
+                &[&task.id.as_bytes().as_slice(), &encode(&task)?],
+            )
+            .await?;
             ids.push(task.id);
         }
         let revocation = draft(kind, at, subject, ids);
@@ -331,7 +352,10 @@ impl PgStore {
                 RiskSubject::User { sub, iss: Some(_) } => {
                     let every = risk_key(&RiskSubject::User { sub: sub.clone(), iss: None });
                     client
-                        .query("SELECT key, doc FROM lanyard_risks WHERE key = $1 OR key = $2", &[&risk_key(subject), &every])
+                        .query(
+                            "SELECT key, doc FROM lanyard_risks WHERE key = $1 OR key = $2",
+                            &[&risk_key(subject), &every],
+                        )
                         .await
                 }
                 RiskSubject::User { sub, iss: None } => {
@@ -483,7 +507,8 @@ impl Store for PgStore {
     async fn create_entry(&self, mut entry: Entry, audit: AuditEvent) -> Result<Entry> {
         let mut client = self.client().await?;
         let mut w = Write::begin(&mut client).await?;
-        let exists = w.tx.query_opt("SELECT 1 FROM lanyard_entries WHERE id = $1", &[&entry.id.as_str()]).await.map_err(pg)?;
+        let exists =
+            w.tx.query_opt("SELECT 1 FROM lanyard_entries WHERE id = $1", &[&entry.id.as_str()]).await.map_err(pg)?;
         if exists.is_some() {
             return Err(StoreError::AlreadyExists(format!("entry {}", entry.id)));
         }
@@ -558,8 +583,12 @@ impl Store for PgStore {
                 .await?
             }
             None => {
-                self.read_all("entry", "SELECT doc FROM lanyard_entries WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit])
-                    .await?
+                self.read_all(
+                    "entry",
+                    "SELECT doc FROM lanyard_entries WHERE id > $1 ORDER BY id LIMIT $2",
+                    &[&after, &limit],
+                )
+                .await?
             }
         };
         Ok(entries.into_iter().filter(|e| filter.spiffe_id.as_ref().is_none_or(|s| *s == e.spiffe_id)).collect())
@@ -754,17 +783,18 @@ impl Store for PgStore {
                 w.one("task", "SELECT doc FROM lanyard_tasks WHERE id = $1", &[&id.as_bytes().as_slice()]).await?;
             match task {
                 Some(t) if t.ended_at.is_some() => return Err(StoreError::Revoked(format!("task {id} has ended"))),
-                Some(t) if t.expires_at <= pre.now => return Err(StoreError::Revoked(format!("task {id} has expired"))),
+                Some(t) if t.expires_at <= pre.now => {
+                    return Err(StoreError::Revoked(format!("task {id} has expired")));
+                }
                 Some(_) => {}
                 None => return Err(StoreError::NotFound(format!("task {id}"))),
             }
         }
         if let Some(session) = &pre.session {
-            let revoked = w
-                .tx
-                .query_opt("SELECT 1 FROM lanyard_revoked_sessions WHERE session = $1", &[&session.as_str()])
-                .await
-                .map_err(pg)?;
+            let revoked =
+                w.tx.query_opt("SELECT 1 FROM lanyard_revoked_sessions WHERE session = $1", &[&session.as_str()])
+                    .await
+                    .map_err(pg)?;
             if revoked.is_some() {
                 return Err(StoreError::Revoked("the session is revoked".into()));
             }
@@ -861,11 +891,10 @@ impl Store for PgStore {
         if w.tx.query_opt("SELECT 1 FROM lanyard_tasks WHERE id = $1", &[&id]).await.map_err(pg)?.is_some() {
             return Err(StoreError::AlreadyExists(format!("task {}", task.id)));
         }
-        let revoked = w
-            .tx
-            .query_opt("SELECT 1 FROM lanyard_revoked_sessions WHERE session = $1", &[&task.session.as_str()])
-            .await
-            .map_err(pg)?;
+        let revoked =
+            w.tx.query_opt("SELECT 1 FROM lanyard_revoked_sessions WHERE session = $1", &[&task.session.as_str()])
+                .await
+                .map_err(pg)?;
         if revoked.is_some() {
             return Err(StoreError::Revoked(format!("session {} is revoked", task.session)));
         }
@@ -933,11 +962,10 @@ impl Store for PgStore {
     async fn revoke_session(&self, session: &SessionId, at: u64, audit: AuditEvent) -> Result<Revocation> {
         let mut client = self.client().await?;
         let w = Write::begin(&mut client).await?;
-        let rows = w
-            .tx
-            .query("SELECT doc FROM lanyard_tasks WHERE session = $1 ORDER BY id", &[&session.as_str()])
-            .await
-            .map_err(pg)?;
+        let rows =
+            w.tx.query("SELECT doc FROM lanyard_tasks WHERE session = $1 ORDER BY id", &[&session.as_str()])
+                .await
+                .map_err(pg)?;
         let mut ending = Ending::new(at);
         let mut roots = Vec::new();
         for row in rows {

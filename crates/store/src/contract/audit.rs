@@ -1,7 +1,5 @@
 //! The audit chain: concurrency, batches, structured context and queries, decisions under preconditions.
 
-
-
 use lanyard_core::{SessionId, TaskId};
 
 use super::Fixture;

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use lanyard_core::{Action, Classification, EndReason, Entry, EntryId, Selector, SessionId, SpiffeId, Task, TaskId, User};
+use lanyard_core::{
+    Action, Classification, EndReason, Entry, EntryId, Selector, SessionId, SpiffeId, Task, TaskId, User,
+};
 use serde_json::json;
 
 use crate::{AgentRecord, AuditContext, AuditEvent, EntryChanges, RiskRecord, RiskSubject, Store};

@@ -1,6 +1,5 @@
 //! Tasks: creation checks, listings, and ending with descendants.
 
-
 use lanyard_core::EndReason;
 
 use super::Fixture;

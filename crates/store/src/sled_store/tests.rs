@@ -13,25 +13,11 @@ use serde_json::json;
 
 use super::{SledStore, open_db};
 use crate::contract::helpers::*;
-use crate::{
-    AgentRecord, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, Store, StoreError,
-    hash_join_token,
-};
-
-
-
-
+use crate::{AgentRecord, EntryFilter, JoinTokenRecord, KeyKind, KeyRecord, Store, StoreError, hash_join_token};
 
 fn open(dir: &tempfile::TempDir) -> SledStore {
     SledStore::open(dir.path()).unwrap()
 }
-
-
-
-
-
-
-
 
 #[tokio::test]
 async fn feeds_older_than_retained_tombstones_get_snapshots() {
@@ -58,8 +44,6 @@ async fn feeds_older_than_retained_tombstones_get_snapshots() {
     let store = SledStore::open_with(dir.path(), 3, Duration::ZERO).unwrap();
     assert!(store.entry_changes(&agent_a, 2).await.unwrap().snapshot);
 }
-
-
 
 /// Every byte of every file under `dir`.
 fn all_file_bytes(dir: &std::path::Path) -> Vec<u8> {
@@ -89,8 +73,6 @@ async fn join_tokens_are_stored_only_as_hashes() {
     assert!(!contains(token.as_bytes()), "the token itself is on disk");
 }
 
-
-
 /// Flushes taken by 100 concurrent appends, once the blocking pool is warm
 /// (so appends arrive as fast as in a running server, not one thread spawn
 /// at a time).
@@ -115,7 +97,6 @@ async fn concurrent_appends_share_flushes() {
     let flushes = flushes_for_100_appends(&store).await;
     assert!(flushes <= 10, "{flushes} flushes for 100 concurrent appends");
 }
-
 
 /// The lines of the closed store's audit log.
 pub(super) fn audit_lines(dir: &std::path::Path) -> Vec<String> {
@@ -198,7 +179,6 @@ async fn reopening_keeps_everything() {
     assert_eq!(removed(&feed), ["e2"]);
     assert_eq!(store.create_entry(entry("e3", "a"), event("c")).await.unwrap().revision, 4);
 }
-
 
 #[tokio::test]
 async fn newer_schema_is_refused() {

@@ -9,9 +9,6 @@ use super::{audit_lines, open, tamper, write_audit_lines};
 use crate::contract::helpers::*;
 use crate::{SledStore, Store, StoreError};
 
-
-
-
 /// A copy of the store directory `src` (the store must be closed).
 fn copy_store(src: &Path) -> tempfile::TempDir {
     fn copy(from: &Path, to: &Path) {

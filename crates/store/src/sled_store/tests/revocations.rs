@@ -3,19 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use super::{SledStore, open};
 use crate::contract::helpers::*;
 use crate::{RiskSubject, Store, StoreError};
-
-
-
-
-
-
-
-
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_whose_caller_went_away_is_still_announced() {
@@ -77,4 +67,3 @@ async fn a_counter_behind_its_feed_is_refused_at_open() {
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(err.to_string().contains("revocation_seq is 1 but revocations holds record 2"), "{err}");
 }
-

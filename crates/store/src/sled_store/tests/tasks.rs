@@ -1,17 +1,8 @@
 //! Tasks: creation checks, listings, and ending with descendants.
 
-
 use super::{open, open_db};
 use crate::contract::helpers::*;
 use crate::{Store, StoreError, TaskFilter};
-
-
-
-
-
-
-
-
 
 #[tokio::test]
 async fn undecodable_tasks_and_dangling_indexes_are_corrupt_errors() {

@@ -2,12 +2,11 @@
 //! the trees ahead of the log, the move from the old audit tree, and
 //! decisions refused when a revocation got in first.
 
-
 use super::{audit_lines, open, write_audit_lines};
+use crate::Store;
 use crate::contract::helpers::*;
 use crate::sled_store::layout::{AUDIT_APPLIED_KEY, TreeId, Trees};
 use crate::sled_store::open_db;
-use crate::Store;
 
 /// Runs `f` on the raw trees of the closed store in `dir`, then flushes.
 fn with_trees(dir: &std::path::Path, f: impl FnOnce(&Trees)) {
@@ -104,5 +103,3 @@ async fn records_in_the_old_audit_tree_move_to_the_log() {
     drop(store);
     with_trees(dir.path(), |trees| assert!(trees.get(TreeId::Audit).is_empty(), "the tree is emptied"));
 }
-
-
