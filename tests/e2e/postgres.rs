@@ -176,3 +176,44 @@ async fn an_agent_moves_to_another_replica_when_its_replica_dies() {
     .await;
     assert_ne!(rotated, served.leaf.serial);
 }
+
+#[test]
+fn a_populated_sled_store_migrates_with_its_audit_chain() {
+    let Some(url) = database() else { return };
+    // A sled server with entries, an agent, a task, an ended task and a revoked token.
+    let rig = TaskRig::start(&[], &[]);
+    let task = rig.begin(&TaskSpec::default());
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+    let ended = rig.begin(&TaskSpec { session: "S2", ..TaskSpec::default() });
+    rig.server.admin_ok(&["task", "end", &ended]);
+    rig.server.admin_ok(&["token", "revoke", "some-jti"]);
+    let entries = rig.server.admin_ok(&["entry", "list", "--output", "json"]);
+    let tasks = rig.server.admin_ok(&["task", "list", "--output", "json"]);
+    let bundle = rig.server.admin_ok(&["bundle", "show"]);
+    let TaskRig { mut server, agent, .. } = rig;
+    drop(agent);
+    server.stop();
+
+    let migrate =
+        || lanyard().args(["store", "migrate", "--from-data-dir"]).arg(server.data_dir()).args(["--to", &url]).output();
+    let said = success("store migrate", &migrate().unwrap());
+    assert!(said.contains("the audit chain verifies"), "{said}");
+    // Into a database that already holds a store: refused, one line.
+    let again = migrate().unwrap();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already exists") && stderr.lines().count() == 1, "{stderr}");
+
+    // A server on the database: the same entries, tasks and CA; the chain verifies; the revocations are there.
+    let pg = TestServer::start_with(&["--store-url", &url]);
+    assert_eq!(pg.admin_ok(&["entry", "list", "--output", "json"]), entries);
+    assert_eq!(pg.admin_ok(&["task", "list", "--output", "json"]), tasks);
+    assert_eq!(pg.admin_ok(&["bundle", "show"]), bundle);
+    success("audit verify", &pg.admin(&["audit", "verify"]));
+    let kinds: Vec<String> =
+        pg.audit_query(&[]).iter().map(|r| r["event"]["kind"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(kinds.iter().any(|k| k == "token.revoke") && kinds.iter().any(|k| k == "task.end"), "{kinds:?}");
+    // The migrated task still mints under the migrated keys and policies' state: it was begun on sled.
+    let out = pg.admin(&["task", "end", &task]);
+    success("task end on the migrated store", &out);
+}

@@ -9,6 +9,7 @@ use lanyard_proto::admin::{
 use lanyard_proto::common::Entry;
 
 use lanyard_core::SpiffeId;
+use lanyard_store::Store as _;
 
 use crate::cli::{
     AdminSocket, BundleCommand, BundleFormat, CaCommand, EntryCommand, EntryFields, JoinTokenCommand, Output,
@@ -152,7 +153,7 @@ pub(crate) async fn agent_ban(spiffe_id: SpiffeId, admin: AdminSocket) -> anyhow
     Ok(())
 }
 
-/// `lanyard store backup|restore`.
+/// `lanyard store backup|restore|migrate`.
 pub(crate) async fn store(cmd: StoreCommand) -> anyhow::Result<()> {
     match cmd {
         StoreCommand::Backup { to, admin } => {
@@ -178,6 +179,27 @@ pub(crate) async fn store(cmd: StoreCommand) -> anyhow::Result<()> {
                 manifest.records,
                 manifest.audit_records,
                 data_dir.display()
+            );
+        }
+        StoreCommand::Migrate { from_data_dir, to } => {
+            let source = lanyard_store::SledStore::open(&from_data_dir).with_context(|| {
+                format!("cannot open the store in {} (is its server stopped?)", from_data_dir.display())
+            })?;
+            let target = lanyard_store::PgStore::connect(&to).await.context("--to")?;
+            let export = source.export().await?;
+            let r = target.import(export, &source).await.context("migrate")?;
+            let chain = target.verify_audit_chain().await.context("the copied audit chain")?;
+            println!(
+                "migrated {} entries, {} agents, {} keys, {} tasks, {} revocations and {} audit records into {}; \
+                 the audit chain verifies (head {})",
+                r.entries,
+                r.agents,
+                r.keys,
+                r.tasks,
+                r.revocations,
+                r.audit_records,
+                lanyard_store::PgStore::describe(&to)?,
+                lanyard_core::hex::encode(&chain.head)
             );
         }
     }

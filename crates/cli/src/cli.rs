@@ -804,6 +804,17 @@ pub(crate) enum StoreCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Copy a sled store (offline: stop its server first) into an empty
+    /// PostgreSQL database: every record under the same revisions and
+    /// sequence numbers, and the same audit chain, checked.
+    Migrate {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        from_data_dir: PathBuf,
+        /// The database, as --store-url takes it (postgres://user@host:port/db).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

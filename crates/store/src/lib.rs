@@ -44,6 +44,7 @@ mod commit;
 #[cfg(test)]
 mod contract;
 mod error;
+mod migrate;
 mod pg_store;
 mod records;
 mod revocation;
@@ -54,6 +55,7 @@ pub use audit::{
     AuditContext, AuditEvent, AuditFilter, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash,
 };
 pub use error::{Result, StoreError};
+pub use migrate::{MigrationReport, StoreExport, Tombstone};
 pub use pg_store::{PG_SCHEMA_VERSION, PgStore};
 pub use records::{
     AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyLock, KeyRecord, Preconditions, TaskFilter,

@@ -33,6 +33,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::audit::{AuditEvent, AuditFilter, AuditRecord, ChainHead, ChainReport, ChainWalker};
 use crate::error::{Result, StoreError};
+use crate::migrate::{MigrationReport, StoreExport};
 use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord, TaskFilter};
 use crate::revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject, risk_key, risk_rank};
 use crate::store::Store;
@@ -265,6 +266,131 @@ impl PgStore {
             if hosts.is_empty() { "localhost".to_owned() } else { hosts.join(", ") },
             config.get_user().unwrap_or("(the OS user)")
         ))
+    }
+
+    /// Copies `export` and the audit log of `source` (the store it came
+    /// from, read page by page) into this store, in one transaction, so that
+    /// the copy has the same records under the same revisions and sequence
+    /// numbers and the very same audit chain. Refuses a database that holds
+    /// anything already (`AlreadyExists`); checks the copied chain against
+    /// the source's head before committing.
+    pub async fn import(&self, export: StoreExport, source: &dyn Store) -> Result<MigrationReport> {
+        let mut client = self.client().await?;
+        let mut w = Write::begin(&mut client).await?;
+        let used = w
+            .tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM lanyard_audit) + (SELECT count(*) FROM lanyard_entries) + (SELECT count(*) FROM lanyard_keys)",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get::<_, i64>(0);
+        if used > 0 || w.head.audit.seq > 0 || w.head.revision > 0 || w.head.revocation > 0 {
+            return Err(StoreError::AlreadyExists(
+                "a Lanyard store in this database (migrate into an empty one)".into(),
+            ));
+        }
+        let report = MigrationReport {
+            entries: export.entries.len(),
+            agents: export.agents.len(),
+            keys: export.keys.len(),
+            tasks: export.tasks.len(),
+            revocations: export.revocations.len(),
+            audit_records: 0,
+        };
+        for entry in &export.entries {
+            insert_entry(&w, entry).await?;
+        }
+        for t in &export.tombstones {
+            w.execute(
+                "INSERT INTO lanyard_entry_tombstones (revision, id, parent_id) VALUES ($1, $2, $3)",
+                &[&to_i64(t.revision)?, &t.id.as_str(), &t.parent.as_str()],
+            )
+            .await?;
+        }
+        for (hash, record) in &export.join_tokens {
+            w.execute(
+                "INSERT INTO lanyard_join_tokens (hash, doc) VALUES ($1, $2)",
+                &[&hash.as_slice(), &encode(record)?],
+            )
+            .await?;
+        }
+        for agent in &export.agents {
+            w.execute(
+                "INSERT INTO lanyard_agents (id, doc) VALUES ($1, $2)",
+                &[&agent.spiffe_id.as_str(), &encode(agent)?],
+            )
+            .await?;
+        }
+        for key in &export.keys {
+            upsert_key(&w, key).await?;
+        }
+        for task in &export.tasks {
+            let parent = task.parent.as_ref().map(|p| p.as_bytes().to_vec());
+            w.execute(
+                "INSERT INTO lanyard_tasks (id, session, parent, doc) VALUES ($1, $2, $3, $4)",
+                &[&task.id.as_bytes().as_slice(), &task.session.as_str(), &parent, &encode(task)?],
+            )
+            .await?;
+        }
+        for (session, seq) in &export.revoked_sessions {
+            w.execute(
+                "INSERT INTO lanyard_revoked_sessions (session, seq) VALUES ($1, $2)",
+                &[&session.as_str(), &to_i64(*seq)?],
+            )
+            .await?;
+        }
+        for risk in &export.risks {
+            let user_sub = match &risk.subject {
+                RiskSubject::User { sub, .. } => Some(sub.as_str()),
+                _ => None,
+            };
+            w.execute(
+                "INSERT INTO lanyard_risks (key, user_sub, doc) VALUES ($1, $2, $3)",
+                &[&risk_key(&risk.subject), &user_sub, &encode(risk)?],
+            )
+            .await?;
+        }
+        for (expected, revocation) in (1..).zip(&export.revocations) {
+            if revocation.seq != expected {
+                return Err(StoreError::Corrupt(format!("revocation {expected} is missing from the source")));
+            }
+            w.execute(
+                "INSERT INTO lanyard_revocations (seq, doc) VALUES ($1, $2)",
+                &[&to_i64(revocation.seq)?, &encode(revocation)?],
+            )
+            .await?;
+        }
+        // The audit log, record by record, each checked to extend the chain.
+        let mut walker = ChainWalker::new();
+        let mut from = 1;
+        loop {
+            let page = source.audit_range(from, SCAN_PAGE as usize).await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            for record in page {
+                let json = encode(&record)?;
+                let value = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                walker.check(record.seq, value)?;
+                w.execute("INSERT INTO lanyard_audit (seq, record) VALUES ($1, $2)", &[&to_i64(record.seq)?, &json])
+                    .await?;
+                w.head.audit = ChainHead::after(&record);
+            }
+        }
+        let source_head = source.verify_audit_chain().await?;
+        let copied = walker.finish(source_head.records)?;
+        if copied.head != source_head.head {
+            return Err(StoreError::ChainBroken {
+                seq: copied.records,
+                reason: "the copy's head is not the source's".into(),
+            });
+        }
+        w.head.revocation = export.revocations.last().map_or(0, |r| r.seq);
+        w.head.revision = export.revision;
+        w.head.tombstone_floor = export.tombstone_floor;
+        self.commit(w).await?;
+        Ok(MigrationReport { audit_records: copied.records, ..report })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {

@@ -3,6 +3,7 @@
 mod audit_file;
 mod backup;
 mod entries;
+mod export;
 mod layout;
 mod log;
 mod objects;
@@ -99,6 +100,12 @@ impl SledStore {
     /// open ([`StoreError::Locked`]).
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with(dir, Self::TOMBSTONE_RETENTION, Duration::ZERO)
+    }
+
+    /// Everything but the audit log, for `lanyard store migrate` (the audit
+    /// log is read with [`Store::audit_range`]).
+    pub async fn export(&self) -> Result<crate::StoreExport> {
+        self.blocking(|inner| inner.export()).await
     }
 
     /// [`open`](Self::open) with a tombstone retention, and a delay added
