@@ -214,7 +214,14 @@ fn a_kept_checkpoint_exposes_a_truncated_tail() {
 
 #[test]
 fn every_token_returned_before_sigkill_has_its_audit_record() {
-    let mut rig = TaskRig::start(&[], &[]);
+    tokens_returned_before_sigkill_are_audited(TaskRig::start(&[], &[]));
+}
+
+/// A burst of task-token mints, the server SIGKILLed mid-burst and
+/// restarted: every token returned has its audit record, the chain
+/// verifies, and an acknowledged task end survives a SIGKILL right after.
+/// (Also run on a PostgreSQL store, in `postgres`.)
+pub(crate) fn tokens_returned_before_sigkill_are_audited(mut rig: TaskRig) {
     let task = rig.begin(&TaskSpec::default());
     rig.token(&task, GITHUB, &[SEARCH], "read");
 

@@ -217,3 +217,25 @@ fn a_populated_sled_store_migrates_with_its_audit_chain() {
     let out = pg.admin(&["task", "end", &task]);
     success("task end on the migrated store", &out);
 }
+
+#[test]
+fn every_token_returned_before_a_replica_is_sigkilled_has_its_audit_record() {
+    let Some(url) = database() else { return };
+    crate::audit::tokens_returned_before_sigkill_are_audited(TaskRig::start(&["--store-url", &url], &[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_on_one_replica_refuses_within_a_second_of_a_revocation_on_the_other() {
+    let Some(url) = database() else { return };
+    let rig = TaskRig::start_with_bundle(&["--store-url", &url], &[]);
+    let b = TestServer::start_with(&["--store-url", &url]);
+    let verifier = crate::verify::start_verifier(&rig.server).await;
+    let expect = lanyard_verify::Expect::audience(GITHUB).tool(SEARCH).action("read");
+    let task = rig.begin(&TaskSpec::default());
+    let token = rig.token(&task, GITHUB, &[SEARCH], "read");
+    verifier.task_token(&token, &expect).unwrap();
+    // Ended on B; the verifier follows A's feed, which hears of it through NOTIFY.
+    b.admin_ok(&["task", "end", &task]);
+    let refused = crate::verify::time_until(Duration::from_secs(1), || verifier.task_token(&token, &expect).is_err());
+    assert!(refused.is_some(), "A's verifier still accepts the token 1 s after B acknowledged the end");
+}

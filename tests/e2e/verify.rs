@@ -241,7 +241,7 @@ fn token_verify_over_https_trusts_only_the_given_ca() {
 
 /// Polls `check` every millisecond until it passes; how long that took, or
 /// `None` after `limit`.
-fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+pub(crate) fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if check() {
@@ -252,7 +252,7 @@ fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
     None
 }
 
-fn start_verifier(server: &TestServer) -> impl Future<Output = Verifier> {
+pub(crate) fn start_verifier(server: &TestServer) -> impl Future<Output = Verifier> {
     let url = server.bundle_url();
     async move {
         let endpoint = Endpoint::new(&url, &[]).unwrap();
