@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{COMMAND_TIMEOUT, lanyard, run, success};
 
@@ -34,17 +34,9 @@ fn deploy_files_agree_with_the_binary() {
     let deploy = repo_root().join("deploy");
     let exposed = check_containerfile(&deploy.join("Containerfile"));
 
-    let probe = Command::new("python3").args(["-c", "import yaml"]).output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: the Kubernetes manifests need python3 with PyYAML (pip install pyyaml)");
-        return;
-    }
     let k8s = deploy.join("kubernetes");
     let files = yaml_files(&k8s);
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(YAML_TO_JSON).args(&files);
-    let json = success("python3 reading deploy/kubernetes/*.yaml", &run(cmd, COMMAND_TIMEOUT));
-    let entries: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let Some(entries) = yaml_docs(&files) else { return };
     for entry in &entries {
         let doc = &entry["doc"];
         assert!(
@@ -74,6 +66,110 @@ fn deploy_files_agree_with_the_binary() {
     for addr in [&listen, &bundle_listen] {
         assert!(exposed.contains(&port_of(addr)), "the Containerfile does not expose {addr} ({exposed:?})");
     }
+}
+
+/// The YAML documents of `files`, as JSON (python3 with PyYAML); `None`
+/// (and a SKIPPED line) without PyYAML.
+fn yaml_docs(files: &[PathBuf]) -> Option<Vec<Value>> {
+    let probe = Command::new("python3").args(["-c", "import yaml"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: the Kubernetes manifests need python3 with PyYAML (pip install pyyaml)");
+        return None;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(YAML_TO_JSON).args(files);
+    let json = success("python3 reading YAML", &run(cmd, COMMAND_TIMEOUT));
+    Some(serde_json::from_str(&json).unwrap())
+}
+
+/// Applies RFC 6902 `add`, `replace` and `remove` operations to `doc`; every
+/// path must exist (for `add`, its parent), as kustomize requires.
+fn json_patch(doc: &mut Value, ops: &[Value]) {
+    for op in ops {
+        let path = str_of(&op["path"], "patch path");
+        let (parent, last) = path.rsplit_once('/').unwrap_or_else(|| panic!("patch path {path:?}"));
+        let target = doc.pointer_mut(parent).unwrap_or_else(|| panic!("the base has no {parent} (patching {path})"));
+        match (str_of(&op["op"], "patch op"), target) {
+            ("add", Value::Array(items)) if last == "-" => items.push(op["value"].clone()),
+            ("add", Value::Object(map)) => {
+                map.insert(last.to_owned(), op["value"].clone());
+            }
+            ("replace", Value::Object(map)) if map.contains_key(last) => {
+                map.insert(last.to_owned(), op["value"].clone());
+            }
+            ("remove", Value::Object(map)) if map.contains_key(last) => {
+                map.remove(last);
+            }
+            (kind, _) => panic!("patch op {kind} at {path}: the base has nothing there"),
+        }
+    }
+}
+
+#[test]
+fn the_replicated_variant_patches_what_the_base_has_and_runs_on_postgres() {
+    let k8s = repo_root().join("deploy/kubernetes");
+    let overlay = k8s.join("replicated");
+    let Some(base) = yaml_docs(&yaml_files(&k8s)) else { return };
+    let Some(extra) = yaml_docs(&yaml_files(&overlay)) else { return };
+    let mut docs: Vec<Value> = base.iter().map(|e| e["doc"].clone()).filter(|d| d["kind"] != "Kustomization").collect();
+    let kustomization = extra.iter().map(|e| &e["doc"]).find(|d| d["kind"] == "Kustomization").unwrap();
+    let listed: BTreeSet<&str> =
+        array_of(&kustomization["resources"], "resources").iter().map(|r| str_of(r, "resource")).collect();
+    let mut expected: BTreeSet<&str> =
+        extra.iter().map(|e| str_of(&e["file"], "file")).filter(|f| *f != "kustomization.yaml").collect();
+    expected.insert("../");
+    assert_eq!(listed, expected, "the overlay lists the base and its own files");
+    docs.extend(extra.iter().map(|e| e["doc"].clone()).filter(|d| d["kind"] != "Kustomization"));
+
+    // Apply the patch to the base StatefulSet, as kustomize would.
+    let patches = array_of(&kustomization["patches"], "patches");
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        (&patches[0]["target"]["kind"], &patches[0]["target"]["name"]),
+        (&json!("StatefulSet"), &json!("lanyard-server"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let patch_file = dir.path().join("patch.yaml");
+    std::fs::write(&patch_file, str_of(&patches[0]["patch"], "patch")).unwrap();
+    let ops = yaml_docs(&[patch_file]).unwrap();
+    let ops = array_of(&ops[0]["doc"], "patch operations");
+    let set = docs.iter_mut().find(|d| d["kind"] == "StatefulSet").unwrap();
+    json_patch(set, ops);
+    assert_eq!(set["spec"]["replicas"], 3);
+    assert!(set["spec"]["volumeClaimTemplates"].is_null());
+    let pod = &set["spec"]["template"]["spec"];
+    let server = container_running(pod, "server");
+    let url = env_var(server, "LANYARD_STORE_URL").expect("LANYARD_STORE_URL on the server container");
+    let secret = &url["valueFrom"]["secretKeyRef"];
+    assert_eq!((&secret["name"], &secret["key"]), (&json!("lanyard-store-url"), &json!("url")));
+    let labels = set["spec"]["template"]["metadata"]["labels"].clone();
+    let pdb = docs.iter().find(|d| d["kind"] == "PodDisruptionBudget").expect("a PodDisruptionBudget");
+    for (key, value) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[key], value, "the PodDisruptionBudget selects the server pods");
+    }
+
+    // Everything the base server passes, the patched one passes too (the
+    // data directory is still a volume: an emptyDir now).
+    check_server(&docs, dir.path());
+    // The variable is the one --store-url reads, and check-config names the database.
+    let help = success(
+        "server run --help",
+        &run(
+            {
+                let mut cmd = lanyard();
+                cmd.args(["server", "run", "--help"]);
+                cmd
+            },
+            COMMAND_TIMEOUT,
+        ),
+    );
+    assert!(help.contains("LANYARD_STORE_URL"), "{help}");
+    let mut cmd = lanyard();
+    cmd.args(["server", "check-config", "--trust-domain", "example.org"])
+        .env("LANYARD_STORE_URL", "postgres://lanyard:secret@postgres.db.svc:5432/lanyard");
+    let out = success("server check-config with LANYARD_STORE_URL", &run(cmd, COMMAND_TIMEOUT));
+    assert!(out.contains("store: PostgreSQL database lanyard on postgres.db.svc:5432 as lanyard"), "{out}");
+    assert!(!out.contains("secret"), "check-config printed the password: {out}");
 }
 
 /// The Containerfile builds with the workspace's toolchain, starts the binary

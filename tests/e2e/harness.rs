@@ -62,7 +62,8 @@ pub(crate) fn lanyard() -> Command {
 /// [`lanyard`] run from another path to the same binary (see [`Workload`]).
 pub(crate) fn lanyard_at(path: &Path) -> Command {
     let mut cmd = Command::new(path);
-    for var in ["LANYARD_ADMIN_SOCKET", "SPIFFE_ENDPOINT_SOCKET", "LANYARD_JOIN_TOKEN", "RUST_LOG"] {
+    for var in ["LANYARD_ADMIN_SOCKET", "SPIFFE_ENDPOINT_SOCKET", "LANYARD_JOIN_TOKEN", "LANYARD_STORE_URL", "RUST_LOG"]
+    {
         cmd.env_remove(var);
     }
     cmd.env("LANYARD_LOG", "info").env("NO_COLOR", "1").stdin(Stdio::null());
