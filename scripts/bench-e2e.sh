@@ -70,3 +70,11 @@ echo "lanyard bench against a server and agent in $dir (binary $bin)" >&2
 "$bin" bench --socket "$socket" --op x509 --op jwt --op task-token --op verify \
     --task "$task" --tool "$tool" --audience "$audience" --action read \
     --bundle-url "http://$bundle_listen" "$@"
+# The store's commit latency over the run (sled: one group commit per flush).
+python3 - "$bundle_listen" <<'PY' >&2
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode()
+values = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("lanyard_store_commit_duration_seconds_") and " " in l}
+count, total = values.get("lanyard_store_commit_duration_seconds_count", 0), values.get("lanyard_store_commit_duration_seconds_sum", 0)
+print(f"store: {count:.0f} commits, mean commit {1e3 * total / max(count, 1):.2f} ms")
+PY

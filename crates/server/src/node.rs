@@ -210,7 +210,9 @@ impl Node for NodeApi {
                         error: String::new(),
                     });
                 }
-                Err(ApiError::Internal(detail)) => return Err(ApiError::Internal(detail).into()),
+                // Our failures fail the call (the agent retries it, maybe elsewhere); the
+                // request's own are answered per CSR.
+                Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => return Err(e.into()),
                 Err(e) => results.push(X509SvidResult {
                     entry_id: r.entry_id.clone(),
                     svid_chain: Vec::new(),

@@ -33,6 +33,14 @@ pub(crate) enum ApiError {
     /// The caller is over its rate limit; it may retry later.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request cannot work with this server's setup; the message says
+    /// what to use instead.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database is away; the caller may retry, here or at another
+    /// replica. The detail goes to the log only.
+    #[error("the store is unavailable")]
+    Unavailable(String),
     /// Something broke on our side; the detail goes to the log only.
     #[error("internal error")]
     Internal(String),
@@ -54,6 +62,11 @@ impl From<ApiError> for Status {
             ApiError::Aborted(m) => Status::aborted(m),
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "the store is unavailable");
+                Status::unavailable("the store is unavailable; retry")
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
                 Status::internal("internal error")
@@ -72,6 +85,8 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(what) => Self::AlreadyExists(format!("{what} already exists")),
             // A revocation won a race with this write: refuse, as the check would have.
             StoreError::Revoked(why) => Self::PermissionDenied(why),
+            StoreError::Unsupported(why) => Self::FailedPrecondition(why),
+            StoreError::Postgres(detail) => Self::Unavailable(detail),
             other => Self::Internal(format!("store: {other}")),
         }
     }
@@ -84,5 +99,21 @@ impl From<CaError> for ApiError {
             CaError::BadAudience(m) => Self::invalid("audience", m),
             other => Self::Internal(format!("ca: {other}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_outage_is_unavailable_without_detail_and_unsupported_says_why() {
+        let status = Status::from(ApiError::from(StoreError::Postgres("08006: connection refused to 10.0.0.5".into())));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.5"), "{status:?}");
+        let status = Status::from(ApiError::from(StoreError::Unsupported("use pg_dump".into())));
+        assert_eq!((status.code(), status.message()), (tonic::Code::FailedPrecondition, "use pg_dump"));
+        let status = Status::from(ApiError::from(StoreError::Closed));
+        assert_eq!((status.code(), status.message()), (tonic::Code::Internal, "internal error"));
     }
 }
