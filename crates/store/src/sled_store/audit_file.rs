@@ -14,7 +14,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -67,14 +66,50 @@ impl Stored {
     }
 }
 
-/// The open log: an append handle and the offset of every record.
+/// Records per entry of the sparse offset index: memory is one `u64` per
+/// this many records (32 KiB per million), a read walks at most this many
+/// lines.
+const INDEX_STRIDE: u64 = 256;
+
+/// The open log: an append handle and a sparse index of where records start.
 #[derive(Debug)]
 pub(super) struct AuditFile {
     path: PathBuf,
     file: File,
-    /// `offsets[seq - 1]` is where record `seq` starts; the last element is
-    /// where the next one will.
-    offsets: RwLock<Vec<u64>>,
+    index: RwLock<Index>,
+}
+
+/// Where records start, for every [`INDEX_STRIDE`]th record, and where the
+/// log ends.
+#[derive(Debug, Default)]
+struct Index {
+    /// `sparse[k]` is where record `k * INDEX_STRIDE + 1` starts.
+    sparse: Vec<u64>,
+    /// Records in the file.
+    len: u64,
+    /// Where the next record will start.
+    end: u64,
+}
+
+impl Index {
+    /// Notes a record of `bytes` bytes appended at the end.
+    fn push(&mut self, bytes: u64) {
+        if self.len.is_multiple_of(INDEX_STRIDE) {
+            self.sparse.push(self.end);
+        }
+        self.len += 1;
+        self.end += bytes;
+    }
+
+    /// The indexed record at or before `seq` (from 1): its seq and offset.
+    fn before(&self, seq: u64) -> Option<(u64, u64)> {
+        if seq == 0 || seq > self.len {
+            return None;
+        }
+        let k = (seq - 1) / INDEX_STRIDE;
+        let offset = *self.sparse.get(usize::try_from(k).ok()?)?;
+        Some((k * INDEX_STRIDE + 1, offset))
+    }
 }
 
 impl RedoOp {
@@ -117,10 +152,9 @@ impl AuditFile {
     pub(super) fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(AUDIT_FILE);
         let file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-        let mut offsets = vec![0u64];
+        let mut index = Index::default();
         let mut reader = BufReader::new(file.try_clone()?);
         let mut line = Vec::new();
-        let mut at = 0u64;
         loop {
             line.clear();
             let n = reader.read_until(b'\n', &mut line)?;
@@ -129,25 +163,24 @@ impl AuditFile {
             }
             if line.last() != Some(&b'\n') {
                 // Torn: written but never synced, so never acknowledged.
-                tracing::warn!(path = %path.display(), offset = at, "cutting off a torn audit log line");
-                file.set_len(at)?;
+                tracing::warn!(path = %path.display(), offset = index.end, "cutting off a torn audit log line");
+                file.set_len(index.end)?;
                 file.sync_data()?;
                 break;
             }
-            at += n as u64;
-            offsets.push(at);
+            index.push(n as u64);
         }
-        Ok(Self { path, file, offsets: RwLock::new(offsets) })
+        Ok(Self { path, file, index: RwLock::new(index) })
     }
 
-    /// Records in the file.
     /// The log file's path.
     pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Records in the file.
     pub(super) fn len(&self) -> u64 {
-        self.offsets.read().map_or(0, |o| o.len() as u64 - 1)
+        self.index.read().map_or(0, |i| i.len)
     }
 
     /// Appends `record` with the redo writes of its change. The caller holds
@@ -157,9 +190,8 @@ impl AuditFile {
             .map_err(|e| StoreError::Corrupt(format!("audit record {} does not encode: {e}", record.seq)))?;
         bytes.push(b'\n');
         (&self.file).write_all(&bytes)?;
-        if let Ok(mut offsets) = self.offsets.write() {
-            let end = offsets.last().copied().unwrap_or(0) + bytes.len() as u64;
-            offsets.push(end);
+        if let Ok(mut index) = self.index.write() {
+            index.push(bytes.len() as u64);
         }
         Ok(())
     }
@@ -172,16 +204,12 @@ impl AuditFile {
 
     /// Record `seq`, as stored.
     pub(super) fn read(&self, seq: u64) -> Result<Option<Stored>> {
-        let Some((start, end)) = self.span(seq) else { return Ok(None) };
-        let mut bytes = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-        self.file.read_exact_at(&mut bytes, start)?;
-        Self::parse(seq, &bytes).map(Some)
-    }
-
-    fn span(&self, seq: u64) -> Option<(u64, u64)> {
-        let offsets = self.offsets.read().ok()?;
-        let i = usize::try_from(seq).ok()?.checked_sub(1)?;
-        Some((*offsets.get(i)?, *offsets.get(i + 1)?))
+        let mut found = None;
+        self.scan(seq, seq, |_, stored| {
+            found = Some(stored);
+            Ok(false)
+        })?;
+        Ok(found)
     }
 
     fn parse(seq: u64, bytes: &[u8]) -> Result<Stored> {
@@ -190,27 +218,54 @@ impl AuditFile {
         Ok(Stored { record: line.record, redo: line.redo })
     }
 
-    /// Records `from..=upto` in order, as stored, read in one pass.
+    /// Records `from..=upto` in order, as stored, read in one pass from the
+    /// indexed record at or before `from`.
     pub(super) fn scan(&self, from: u64, upto: u64, mut each: impl FnMut(u64, Stored) -> Result<bool>) -> Result<()> {
-        let (Some((start, _)), Some((_, end))) = (self.span(from.max(1)), self.span(upto)) else {
-            return Ok(());
+        let from = from.max(1);
+        let (upto, start) = {
+            let Ok(index) = self.index.read() else { return Ok(()) };
+            // Only records whole in the file when asked: appends go on meanwhile.
+            let upto = upto.min(index.len);
+            match index.before(from) {
+                Some(start) if from <= upto => (upto, start),
+                _ => return Ok(()),
+            }
         };
+        let (mut seq, offset) = start;
         let mut reader = BufReader::new(File::open(&self.path)?);
-        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(start))?;
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(offset))?;
         let mut line = Vec::new();
-        let (mut seq, mut at) = (from.max(1), start);
-        while at < end {
+        while seq <= upto {
             line.clear();
-            let n = reader.read_until(b'\n', &mut line)?;
-            if n == 0 {
+            if reader.read_until(b'\n', &mut line)? == 0 {
                 break;
             }
-            at += n as u64;
-            if !each(seq, Self::parse(seq, &line)?)? {
+            if seq >= from && !each(seq, Self::parse(seq, &line)?)? {
                 break;
             }
             seq += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn the_sparse_index_finds_the_record_at_or_before() {
+        let mut index = Index::default();
+        for n in 0..600u64 {
+            index.push(10 + n % 3);
+        }
+        assert_eq!((index.len, index.sparse.len()), (600, 3));
+        assert_eq!(index.before(1), Some((1, 0)));
+        assert_eq!(index.before(256), Some((1, 0)));
+        let second = index.before(257).unwrap();
+        assert_eq!(second.0, 257);
+        assert_eq!(second.1, (0..256u64).map(|n| 10 + n % 3).sum::<u64>());
+        assert_eq!(index.before(600).map(|b| b.0), Some(513));
+        assert_eq!((index.before(0), index.before(601)), (None, None));
     }
 }
