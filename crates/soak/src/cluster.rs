@@ -70,7 +70,8 @@ impl Cluster {
             bundle_url: format!("http://{bundle_listen}"),
             task: String::new(),
         };
-        let ca = cluster.retry("the server's bundle", &["bundle", "show"])?;
+        let admin_socket = path_str(&admin)?;
+        let ca = cluster.retry("the server's bundle", &["bundle", "show", "--admin-socket", &admin_socket])?;
         let ca_file = cluster.dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca)?;
         let token = cluster.admin(&["join-token", "create", "--name", "soak"])?;
@@ -189,14 +190,15 @@ impl Cluster {
         }
     }
 
-    /// Runs an admin command; its standard output, trimmed.
+    /// Runs an admin command (on the server's admin socket); its standard output, trimmed.
     fn admin(&self, args: &[&str]) -> Result<String, SoakError> {
         let admin = path_str(&self.dir.path().join("admin.sock"))?;
-        let mut all: Vec<&str> = args.to_vec();
-        if args[0] != "svid" {
-            all.extend(["--admin-socket", &admin]);
-        }
-        let out = Command::new(&self.lanyard).args(&all).env_remove("LANYARD_ADMIN_SOCKET").output()?;
+        self.lanyard(&[args, &["--admin-socket", &admin]].concat())
+    }
+
+    /// Runs `lanyard args`; its standard output, trimmed, or why it failed.
+    fn lanyard(&self, args: &[&str]) -> Result<String, SoakError> {
+        let out = Command::new(&self.lanyard).args(args).env_remove("LANYARD_ADMIN_SOCKET").output()?;
         if !out.status.success() {
             let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             return Err(SoakError::Setup(format!("lanyard {}: {why}", args.join(" "))));
@@ -204,11 +206,11 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Runs an admin command until it succeeds, for at most [`START_TIMEOUT`].
+    /// Runs `lanyard args` until it succeeds, for at most [`START_TIMEOUT`].
     fn retry(&mut self, what: &str, args: &[&str]) -> Result<String, SoakError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            match self.admin(args) {
+            match self.lanyard(args) {
                 Ok(out) => return Ok(out),
                 Err(e) if Instant::now() >= deadline || self.exited().is_some() => {
                     return Err(SoakError::Setup(format!("no {what}: {e}\n{}", self.log_tails())));
