@@ -98,3 +98,24 @@ contract!(
     revocations::subscribers_hear_of_each_durable_write,
     revocations::concurrent_revocations_and_audits_stay_gapless,
 );
+
+/// Two servers on one database: while one holds the key lock, the other
+/// waits for it (one replica rotates keys at a time); a sled store, which
+/// one process has to itself, hands it out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_key_lock_is_held_by_one_replica_at_a_time() {
+    let sled = Fixture::sled().open().await;
+    let (_first, _second) = (sled.lock_keys().await.unwrap(), sled.lock_keys().await.unwrap());
+    let Some(fixture) = Fixture::postgres().await else { return };
+    let (a, b) = (fixture.open().await, fixture.open().await);
+    let held = a.lock_keys().await.unwrap();
+    let waiting = tokio::spawn(async move { b.lock_keys().await.map(|_| ()) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the second replica got the key lock while the first held it");
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the lock is released when the holder drops it")
+        .unwrap()
+        .unwrap();
+}
