@@ -4,21 +4,30 @@
 # the benches run at the same time, their throughputs added.
 #
 #   scripts/with-postgres.sh scripts/bench-replicas.sh REPLICAS [lanyard bench flags]
+#   scripts/bench-replicas.sh sled [lanyard bench flags]
 #
-# REPLICAS is 1 or 2. Needs LANYARD_TEST_PG_URL (scripts/with-postgres.sh
-# sets it); a new database is created for the run. LANYARD=path picks the
-# binary (default target/release/lanyard).
+# REPLICAS is 1 or 2, over PostgreSQL: needs LANYARD_TEST_PG_URL
+# (scripts/with-postgres.sh sets it); a new database is created for the run.
+# `sled` is one server on the embedded store, for comparison. LANYARD=path
+# picks the binary (default target/release/lanyard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-replicas="${1:?usage: bench-replicas.sh 1|2 [bench flags]}"
+replicas="${1:?usage: bench-replicas.sh 1|2|sled [bench flags]}"
 shift
 bin="$(realpath "${LANYARD:-target/release/lanyard}")"
 [[ -x "$bin" ]] || { echo "bench-replicas: no $bin; run: cargo build --release -p lanyard" >&2; exit 1; }
-: "${LANYARD_TEST_PG_URL:?run under scripts/with-postgres.sh}"
-db="lanyard_bench_$$"
-psql -q "$LANYARD_TEST_PG_URL" -c "CREATE DATABASE $db"
-url="${LANYARD_TEST_PG_URL%/*}/$db"
+store=()
+if [[ "$replicas" == sled ]]; then
+    replicas=1
+    url="sled"
+else
+    : "${LANYARD_TEST_PG_URL:?run under scripts/with-postgres.sh}"
+    db="lanyard_bench_$$"
+    psql -q "$LANYARD_TEST_PG_URL" -c "CREATE DATABASE $db"
+    url="${LANYARD_TEST_PG_URL%/*}/$db"
+    store=(--store-url "$url")
+fi
 
 dir="$(mktemp -d -t lanyard-bench-replicas.XXXXXX)"
 pids=()
@@ -48,7 +57,7 @@ audience=bench.example
 for n in $(seq "$replicas"); do
     listen[n]="127.0.0.1:$(free_port)"
     bundle[n]="127.0.0.1:$(free_port)"
-    "$bin" server run --store-url "$url" --data-dir "$dir/server$n" --trust-domain "$td" \
+    "$bin" server run "${store[@]}" --data-dir "$dir/server$n" --trust-domain "$td" \
         --admin-socket "$dir/admin$n.sock" --listen "${listen[n]}" --bundle-listen "${bundle[n]}" \
         >"$dir/server$n.log" 2>&1 &
     pids+=($!)
@@ -72,7 +81,7 @@ task="$("$bin" task begin --connector "$connector" --user-sub alice --user-iss h
     --session bench --tool "$tool" --audience "$audience" --classification internal --action read \
     --ttl 1h "${admin[@]}")"
 
-echo "lanyard bench: $replicas replica(s) over PostgreSQL ($url), binary $bin" >&2
+echo "lanyard bench: $replicas replica(s), store $url, binary $bin" >&2
 for n in $(seq "$replicas"); do
     "$bin" bench --socket "unix://$dir/agent$n.sock" --op task-token --task "$task" --tool "$tool" \
         --audience "$audience" --action read --output json "$@" >"$dir/bench$n.json" &
