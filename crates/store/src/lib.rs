@@ -43,6 +43,7 @@ mod audit;
 mod commit;
 #[cfg(test)]
 mod contract;
+mod ending;
 mod error;
 mod migrate;
 mod pg_store;

@@ -32,6 +32,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::audit::{AuditEvent, AuditFilter, AuditRecord, ChainHead, ChainReport, ChainWalker};
+use crate::ending::Ending;
 use crate::error::{Result, StoreError};
 use crate::migrate::{MigrationReport, StoreExport};
 use crate::records::{AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyRecord, TaskFilter};
@@ -464,7 +465,7 @@ impl PgStore {
             .await?;
             ids.push(task.id);
         }
-        let revocation = draft(kind, at, subject, ids);
+        let revocation = Revocation::draft(kind, at, subject, ids);
         let revocation = w.revocation(revocation, event).await?;
         self.commit(w).await?;
         Ok(revocation)
@@ -562,36 +563,6 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()> {
     .await;
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
     result
-}
-
-/// Tasks ended by one write, in the order they were ended.
-struct Ending {
-    at: u64,
-    seen: std::collections::HashSet<TaskId>,
-    ended: Vec<Task>,
-}
-
-impl Ending {
-    fn new(at: u64) -> Self {
-        Self { at, seen: std::collections::HashSet::new(), ended: Vec::new() }
-    }
-
-    /// Ends `task` for `reason` unless it has ended already; false if it was visited before.
-    fn visit(&mut self, mut task: Task, reason: EndReason) -> bool {
-        if !self.seen.insert(task.id) {
-            return false;
-        }
-        if task.ended_at.is_none() {
-            task.ended_at = Some(self.at);
-            task.end_reason = Some(reason);
-            self.ended.push(task);
-        }
-        true
-    }
-}
-
-fn draft(kind: RevocationKind, at: u64, subject: String, tasks: Vec<TaskId>) -> Revocation {
-    Revocation { seq: 0, at, kind, subject, tasks, detail: json!({}) }
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
@@ -855,7 +826,7 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::NotFound(format!("agent {id}")))?;
         agent.banned = true;
         w.execute("UPDATE lanyard_agents SET doc = $2 WHERE id = $1", &[&id.as_str(), &encode(&agent)?]).await?;
-        w.revocation(draft(RevocationKind::AgentBanned, at, id.to_string(), vec![]), audit).await?;
+        w.revocation(Revocation::draft(RevocationKind::AgentBanned, at, id.to_string(), vec![]), audit).await?;
         self.commit(w).await?;
         Ok(agent)
     }
@@ -949,19 +920,7 @@ impl Store for PgStore {
     }
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        let upto = self.audit_head();
-        self.scan_audit(from, upto, |seq, value| {
-            let record: AuditRecord = serde_json::from_value(value)
-                .map_err(|e| StoreError::ChainBroken { seq, reason: format!("record does not decode: {e}") })?;
-            out.push(record);
-            Ok(out.len() < limit)
-        })
-        .await?;
-        Ok(out)
+        self.query_audit(&AuditFilter::default(), from, limit).await
     }
 
     async fn query_audit(&self, filter: &AuditFilter, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
@@ -1137,14 +1096,7 @@ impl Store for PgStore {
                 risk.level.clone()
             }
         };
-        let mut revocation = draft(RevocationKind::RiskRaised, risk.reported_at, risk.subject.to_string(), vec![]);
-        revocation.detail = json!({
-            "risk_subject": risk.subject,
-            "level": effective,
-            "reported_level": risk.level,
-            "reason": risk.reason,
-            "reported_by": risk.reported_by,
-        });
+        let revocation = Revocation::risk_raised(&risk, &effective);
         let revocation = w.revocation(revocation, audit).await?;
         self.commit(w).await?;
         Ok(revocation)
@@ -1156,8 +1108,7 @@ impl Store for PgStore {
         if w.execute("DELETE FROM lanyard_risks WHERE key = $1", &[&risk_key(subject)]).await? == 0 {
             return Err(StoreError::NotFound(format!("open risk on {subject}")));
         }
-        let mut revocation = draft(RevocationKind::RiskCleared, at, subject.to_string(), vec![]);
-        revocation.detail = json!({ "risk_subject": subject });
+        let revocation = Revocation::risk_cleared(subject, at);
         let revocation = w.revocation(revocation, audit).await?;
         self.commit(w).await?;
         Ok(revocation)
@@ -1175,7 +1126,8 @@ impl Store for PgStore {
     async fn revoke_token(&self, jti: &str, at: u64, audit: AuditEvent) -> Result<Revocation> {
         let mut client = self.client().await?;
         let mut w = Write::begin(&mut client).await?;
-        let revocation = w.revocation(draft(RevocationKind::TokenRevoked, at, jti.to_owned(), vec![]), audit).await?;
+        let revocation =
+            w.revocation(Revocation::draft(RevocationKind::TokenRevoked, at, jti.to_owned(), vec![]), audit).await?;
         self.commit(w).await?;
         Ok(revocation)
     }
@@ -1184,7 +1136,8 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let mut w = Write::begin(&mut client).await?;
         upsert_key(&w, &key).await?;
-        let revocation = w.revocation(draft(RevocationKind::KeyRevoked, at, key.id.clone(), vec![]), audit).await?;
+        let revocation =
+            w.revocation(Revocation::draft(RevocationKind::KeyRevoked, at, key.id.clone(), vec![]), audit).await?;
         self.commit(w).await?;
         Ok(revocation)
     }

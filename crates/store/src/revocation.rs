@@ -31,6 +31,34 @@ pub struct Revocation {
     pub detail: Value,
 }
 
+impl Revocation {
+    /// An event before the store gives it its seq.
+    pub(crate) fn draft(kind: RevocationKind, at: u64, subject: String, tasks: Vec<TaskId>) -> Self {
+        Self { seq: 0, at, kind, subject, tasks, detail: serde_json::json!({}) }
+    }
+
+    /// The event of a risk report, `effective` being the level the open
+    /// record has after it.
+    pub(crate) fn risk_raised(risk: &RiskRecord, effective: &str) -> Self {
+        let mut event = Self::draft(RevocationKind::RiskRaised, risk.reported_at, risk.subject.to_string(), vec![]);
+        event.detail = serde_json::json!({
+            "risk_subject": risk.subject,
+            "level": effective,
+            "reported_level": risk.level,
+            "reason": risk.reason,
+            "reported_by": risk.reported_by,
+        });
+        event
+    }
+
+    /// The event of clearing the open risk on `subject`.
+    pub(crate) fn risk_cleared(subject: &RiskSubject, at: u64) -> Self {
+        let mut event = Self::draft(RevocationKind::RiskCleared, at, subject.to_string(), vec![]);
+        event.detail = serde_json::json!({ "risk_subject": subject });
+        event
+    }
+}
+
 /// What a [`Revocation`] announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

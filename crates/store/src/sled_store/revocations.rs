@@ -5,10 +5,8 @@
 use std::collections::BTreeMap;
 
 use lanyard_core::SpiffeId;
-use serde_json::json;
 
 use super::layout::{Batch, TreeId, be_key, be_num, decode};
-use super::tasks::draft;
 use super::{Inner, lock};
 use crate::audit::AuditEvent;
 use crate::error::{Result, StoreError};
@@ -28,14 +26,7 @@ impl Inner {
                 risk.level.clone()
             }
         };
-        let mut revocation = draft(RevocationKind::RiskRaised, risk.reported_at, risk.subject.to_string(), vec![]);
-        revocation.detail = json!({
-            "risk_subject": risk.subject,
-            "level": effective,
-            "reported_level": risk.level,
-            "reason": risk.reason,
-            "reported_by": risk.reported_by,
-        });
+        let revocation = Revocation::risk_raised(&risk, &effective);
         self.apply_revocation(&mut log, batch, revocation, event)
     }
 
@@ -47,8 +38,7 @@ impl Inner {
         }
         let mut batch = Batch::default();
         batch.remove(TreeId::Risks, &key);
-        let mut revocation = draft(RevocationKind::RiskCleared, at, subject.to_string(), vec![]);
-        revocation.detail = json!({ "risk_subject": subject });
+        let revocation = Revocation::risk_cleared(subject, at);
         self.apply_revocation(&mut log, batch, revocation, event)
     }
 
@@ -84,7 +74,7 @@ impl Inner {
 
     pub(super) fn revoke_token(&self, jti: &str, at: u64, event: AuditEvent) -> Result<Revocation> {
         let mut log = lock(&self.chain);
-        let revocation = draft(RevocationKind::TokenRevoked, at, jti.to_owned(), vec![]);
+        let revocation = Revocation::draft(RevocationKind::TokenRevoked, at, jti.to_owned(), vec![]);
         self.apply_revocation(&mut log, Batch::default(), revocation, event)
     }
 
@@ -92,7 +82,7 @@ impl Inner {
         let mut log = lock(&self.chain);
         let mut batch = Batch::default();
         batch.put(TreeId::Keys, key.id.as_bytes(), key)?;
-        let revocation = draft(RevocationKind::KeyRevoked, at, key.id.clone(), vec![]);
+        let revocation = Revocation::draft(RevocationKind::KeyRevoked, at, key.id.clone(), vec![]);
         self.apply_revocation(&mut log, batch, revocation, event)
     }
 
@@ -103,7 +93,7 @@ impl Inner {
         agent.banned = true;
         let mut batch = Batch::default();
         batch.put(TreeId::Agents, id.as_str(), &agent)?;
-        let revocation = draft(RevocationKind::AgentBanned, at, id.to_string(), vec![]);
+        let revocation = Revocation::draft(RevocationKind::AgentBanned, at, id.to_string(), vec![]);
         self.apply_revocation(&mut log, batch, revocation, event)?;
         Ok(agent)
     }

@@ -5,10 +5,9 @@
 //! transaction, so a check (parent still running, session not revoked) and
 //! the write it decides cannot interleave with an end or a revocation.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use lanyard_core::{EndReason, SessionId, Task, TaskId};
-use serde_json::json;
 
 use super::layout::{
     Batch, TreeId, child_key, children_prefix, decode, range_after, session_key, session_prefix, show_key,
@@ -17,47 +16,19 @@ use super::layout::{
 use super::log::LogState;
 use super::{Inner, lock};
 use crate::audit::AuditEvent;
+use crate::ending::Ending;
 use crate::error::{Result, StoreError};
 use crate::records::TaskFilter;
 use crate::revocation::{Revocation, RevocationKind};
 
-/// Tasks ended by one write, in the order they were ended.
-#[derive(Debug)]
-struct Ending {
-    at: u64,
-    /// Every task visited, ended now or before: each is visited once.
-    seen: HashSet<TaskId>,
-    ended: Vec<Task>,
-}
-
-impl Ending {
-    fn new(at: u64) -> Self {
-        Self { at, seen: HashSet::new(), ended: Vec::new() }
+/// Writes every task `ending` ended into `batch`; their ids, in order.
+fn ended_into_batch(ending: Ending, batch: &mut Batch) -> Result<Vec<TaskId>> {
+    let mut ids = Vec::with_capacity(ending.ended.len());
+    for task in ending.ended {
+        batch.put(TreeId::Tasks, task.id.as_bytes(), &task)?;
+        ids.push(task.id);
     }
-
-    /// Ends `task` for `reason` unless it has ended already; false if it
-    /// was visited before.
-    fn visit(&mut self, mut task: Task, reason: EndReason) -> bool {
-        if !self.seen.insert(task.id) {
-            return false;
-        }
-        if task.ended_at.is_none() {
-            task.ended_at = Some(self.at);
-            task.end_reason = Some(reason);
-            self.ended.push(task);
-        }
-        true
-    }
-
-    /// Writes every ended task into `batch`; returns their ids in order.
-    fn into_batch(self, batch: &mut Batch) -> Result<Vec<TaskId>> {
-        let mut ids = Vec::with_capacity(self.ended.len());
-        for task in self.ended {
-            batch.put(TreeId::Tasks, task.id.as_bytes(), &task)?;
-            ids.push(task.id);
-        }
-        Ok(ids)
-    }
+    Ok(ids)
 }
 
 fn not_found(what: &str, id: &TaskId) -> StoreError {
@@ -192,16 +163,11 @@ impl Inner {
         event: AuditEvent,
     ) -> Result<Revocation> {
         let at = ending.at;
-        let tasks = ending.into_batch(&mut batch)?;
-        self.apply_revocation(log, batch, draft(kind, at, subject, tasks), event)
+        let tasks = ended_into_batch(ending, &mut batch)?;
+        self.apply_revocation(log, batch, Revocation::draft(kind, at, subject, tasks), event)
     }
 
     pub(super) fn is_session_revoked(&self, session: &SessionId) -> Result<bool> {
         Ok(self.trees.get(TreeId::RevokedSessions).contains_key(session.as_str())?)
     }
-}
-
-/// A revocation event before its seq is assigned.
-pub(super) fn draft(kind: RevocationKind, at: u64, subject: String, tasks: Vec<TaskId>) -> Revocation {
-    Revocation { seq: 0, at, kind, subject, tasks, detail: json!({}) }
 }
