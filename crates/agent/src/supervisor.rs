@@ -222,6 +222,9 @@ impl Supervisor {
         renewed.save(&self.data_dir)?;
         tracing::info!(not_after = unix_secs(renewed.not_after), "agent SVID renewed");
         self.identity = renewed;
+        // The server now refuses the old SVID: no call may use this
+        // connection any more; they wait for the next session's.
+        self.client.send_replace(None);
         Ok(())
     }
 

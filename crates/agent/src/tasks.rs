@@ -33,9 +33,7 @@ impl WorkloadApi {
         if caller.is_empty() {
             return Err(Status::unavailable("this workload's SVIDs are still being issued; retry"));
         }
-        let client = self.client.borrow().clone();
-        let client = client.ok_or_else(|| Status::unavailable("the server is unreachable; retry"))?;
-        Ok((caller, client))
+        Ok((caller, self.server_client().await?))
     }
 }
 

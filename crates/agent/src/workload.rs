@@ -379,15 +379,30 @@ impl SpiffeWorkloadApi for WorkloadApi {
     }
 }
 
+/// Longest a call that needs the server waits for a connection to it: the
+/// agent reconnects at once after renewing its own SVID, and while it does a
+/// call must not go out over the old connection (the server refuses a
+/// superseded agent SVID).
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl WorkloadApi {
+    /// The connection to the server, waiting up to [`CONNECT_WAIT`] while
+    /// there is none.
+    pub(crate) async fn server_client(&self) -> Result<NodeClient<Channel>, Status> {
+        let mut rx = self.client.clone();
+        match tokio::time::timeout(CONNECT_WAIT, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(client)) => client.clone().ok_or_else(|| Status::unavailable("the server is unreachable; retry")),
+            _ => Err(Status::unavailable("the server is unreachable; retry")),
+        }
+    }
+
     /// A JWT-SVID for `entry`: cached if still fresh, else minted by the server.
     async fn jwt_for(&self, entry: &Entry, audiences: &[String]) -> Result<String, Status> {
         let now = unix_secs(SystemTime::now());
         if let Some(token) = self.jwts.get(&entry.id, entry.revision, audiences, now) {
             return Ok(token);
         }
-        let client = self.client.borrow().clone();
-        let mut client = client.ok_or_else(|| Status::unavailable("the server is unreachable; retry"))?;
+        let mut client = self.server_client().await?;
         let reply = client
             .mint_jwt_svid(MintJwtSvidRequest { entry_id: entry.id.to_string(), audience: audiences.to_vec() })
             .await
