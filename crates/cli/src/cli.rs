@@ -310,7 +310,8 @@ pub(crate) enum RiskCommand {
 pub(crate) enum TokenCommand {
     /// Revoke one token by its jti.
     Revoke {
-        /// The token's jti.
+        /// The token's jti (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         jti: String,
         #[command(flatten)]
         admin: AdminSocket,
@@ -768,6 +769,8 @@ pub(crate) enum CaCommand {
     /// active, a new key is activated.
     Revoke {
         /// The key's id (JWT kid, or the CA certificate's serial) from `ca show`.
+        /// A kid is base64url and may start with `-`.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[command(flatten)]
         admin: AdminSocket,
@@ -874,4 +877,21 @@ pub(crate) enum JwtCommand {
         #[command(flatten)]
         socket: WorkloadSocket,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn key_ids_and_jtis_may_start_with_a_dash() {
+        let cli = Cli::try_parse_from(["lanyard", "ca", "revoke", "-z0r8Dc", "--output", "json"]).unwrap();
+        let Command::Ca(CaCommand::Revoke { id, output, .. }) = cli.command else { panic!("not ca revoke") };
+        assert_eq!((id.as_str(), output.output), ("-z0r8Dc", Output::Json));
+        let cli = Cli::try_parse_from(["lanyard", "token", "revoke", "-abc_DEF"]).unwrap();
+        let Command::Token(TokenCommand::Revoke { jti, .. }) = cli.command else { panic!("not token revoke") };
+        assert_eq!(jti, "-abc_DEF");
+    }
 }
