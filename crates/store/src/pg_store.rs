@@ -165,10 +165,7 @@ impl<'a> Write<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<T>> {
-        match self.tx.query_opt(sql, params).await.map_err(pg)? {
-            Some(row) => decode(what, &row.get::<_, String>(0)).map(Some),
-            None => Ok(None),
-        }
+        self.tx.query_opt(sql, params).await.map_err(pg)?.map(|row| doc_of(what, &row)).transpose()
     }
 
     /// Appends the audit record of `event` after the head.
@@ -413,10 +410,7 @@ impl PgStore {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<T>> {
         let client = self.client().await?;
-        match client.query_opt(sql, params).await.map_err(pg)? {
-            Some(row) => decode(what, &row.get::<_, String>(0)).map(Some),
-            None => Ok(None),
-        }
+        client.query_opt(sql, params).await.map_err(pg)?.map(|row| doc_of(what, &row)).transpose()
     }
 
     async fn read_all<T: DeserializeOwned>(
@@ -427,7 +421,7 @@ impl PgStore {
     ) -> Result<Vec<T>> {
         let client = self.client().await?;
         let rows = client.query(sql, params).await.map_err(pg)?;
-        rows.iter().map(|row| decode(what, &row.get::<_, String>(0))).collect()
+        rows.iter().map(|row| doc_of(what, row)).collect()
     }
 
     /// Ends `ending`'s tasks and their descendants and appends one event.
@@ -448,7 +442,7 @@ impl PgStore {
                 .await
                 .map_err(pg)?;
             for row in rows {
-                let child: Task = decode("task", &row.get::<_, String>(0))?;
+                let child: Task = doc_of("task", &row)?;
                 let id = child.id;
                 if ending.visit(child, EndReason::ParentEnded) {
                     queue.push_back(id);
@@ -587,6 +581,11 @@ fn decode<T: DeserializeOwned>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what} record does not decode: {e}")))
 }
 
+/// The record in the first column of `row` (a `doc`), decoded.
+fn doc_of<T: DeserializeOwned>(what: &str, row: &tokio_postgres::Row) -> Result<T> {
+    decode(what, &row.get::<_, String>(0))
+}
+
 fn to_i64(n: u64) -> Result<i64> {
     i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} is out of PostgreSQL's bigint range")))
 }
@@ -704,7 +703,7 @@ impl Store for PgStore {
         let head = HeadRow::read(&*tx, false).await?;
         let snapshot = since == 0 || since > head.revision || since < head.tombstone_floor;
         let docs = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<Entry>> {
-            rows.iter().map(|r| decode("entry", &r.get::<_, String>(0))).collect()
+            rows.iter().map(|r| doc_of("entry", r)).collect()
         };
         let mut changes = if snapshot {
             let rows = tx
@@ -1021,7 +1020,7 @@ impl Store for PgStore {
         .map_err(pg)?;
         let mut out = Vec::new();
         for row in rows {
-            let task: Task = decode("task", &row.get::<_, String>(0))?;
+            let task: Task = doc_of("task", &row)?;
             if filter.matches(&task) {
                 out.push(task);
                 if out.len() >= limit {
@@ -1054,7 +1053,7 @@ impl Store for PgStore {
         let mut ending = Ending::new(at);
         let mut roots = Vec::new();
         for row in rows {
-            let task: Task = decode("task", &row.get::<_, String>(0))?;
+            let task: Task = doc_of("task", &row)?;
             roots.push(task.id);
             ending.visit(task, EndReason::SessionRevoked);
         }
