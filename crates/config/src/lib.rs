@@ -175,6 +175,10 @@ pub fn expand_text(
             toml::Value::Boolean(_) => return Err(bad("expected a string, not true/false")),
             _ => return Err(bad("expected a string or a number")),
         };
+        // An empty list sets nothing, so the key is not counted as given.
+        if values.is_empty() {
+            continue;
+        }
         for v in values {
             // `--key=value`, so that a value starting with `-` stays a value.
             out.args.push(format!("--{key}={v}"));

@@ -65,6 +65,10 @@ fn lists_fill_repeatable_flags_and_true_sets_a_switch() {
     assert_eq!(&strings(&e)[3..6], ["--insecure", "--server=a:1", "--server=b:2"]);
     let e = with_file("insecure = false\n", &["agent", "run"]).unwrap();
     assert!(e.keys.is_empty() && !strings(&e).contains(&"--insecure".to_owned()), "false leaves the switch off");
+    // Found by the config fuzz target: an empty list was counted as a key
+    // that set nothing.
+    let e = with_file("server = []\n", &["agent", "run"]).unwrap();
+    assert!(e.keys.is_empty() && !strings(&e).iter().any(|a| a.starts_with("--server")), "an empty list sets nothing");
 }
 
 #[test]
