@@ -265,6 +265,9 @@ impl State {
             return Err(ApiError::invalid("ttl", "a task token lasts at most 5m"));
         }
         let first = caller.first().ok_or_else(|| ApiError::PermissionDenied(crate::NO_IDENTITY.into()))?;
+        // Read before the task, session and risks: if the feed is still here
+        // when the record is written, the store need not read them again.
+        let checked_at_revocation = self.store.revocation_seq();
         let Some(task) = self.store.get_task(&task_id).await? else {
             let context = AuditContext { task: Some(task_id), agent: Some(agent.clone()), ..AuditContext::default() };
             let event = self.event("tasktoken.mint", first.entry.spiffe_id.as_str(), "", context);
@@ -347,6 +350,7 @@ impl State {
                 .filter(|l| *l >= self.ceilings.risk_threshold)
                 .map(|l| l.to_string())
                 .collect(),
+            checked_at_revocation: Some(checked_at_revocation),
         };
         match self.store.append_audit_if(event.clone(), &pre).await {
             Ok(_) => {}

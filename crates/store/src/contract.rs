@@ -89,6 +89,7 @@ contract!(
     audit::audit_batches_are_consecutive_and_atomic,
     audit::context_round_trips_and_queries_filter_on_it,
     audit::a_decision_is_not_recorded_once_a_revocation_got_in,
+    audit::checks_made_at_a_revocation_seq_stand_until_the_next_revocation,
     tasks::tasks_are_created_read_and_listed_by_filter,
     tasks::ending_a_task_ends_every_descendant_in_one_event,
     tasks::revoking_a_session_ends_its_tasks_and_no_others,

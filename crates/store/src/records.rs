@@ -300,4 +300,18 @@ pub struct Preconditions {
     pub risks: Vec<crate::RiskSubject>,
     /// Risk levels that block (e.g. `["low", "medium", "high"]`).
     pub blocking_levels: Vec<String>,
+    /// The revocation feed's seq ([`Store::revocation_seq`](crate::Store::revocation_seq))
+    /// read before the caller read the tasks, session and risks and checked
+    /// them itself (expiry included). If no revocation has been committed
+    /// since, nothing above can have changed and the store does not read it
+    /// again; otherwise it checks everything above under the lock.
+    pub checked_at_revocation: Option<u64>,
+}
+
+impl Preconditions {
+    /// Whether the caller's own checks still stand: no revocation was
+    /// committed after `checked_at_revocation`, the feed being at `head`.
+    pub(crate) fn still_hold_at(&self, head: u64) -> bool {
+        self.checked_at_revocation == Some(head)
+    }
 }

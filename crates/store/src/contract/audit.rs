@@ -77,6 +77,7 @@ pub(super) async fn a_decision_is_not_recorded_once_a_revocation_got_in(fx: &Fix
         session: Some(sid(session)),
         risks: vec![RiskSubject::User { sub: "alice".into(), iss: None }],
         blocking_levels: blocking(),
+        checked_at_revocation: None,
     };
     store.append_audit_if(event("allow"), &pre(1, "s1")).await.unwrap();
 
@@ -108,4 +109,37 @@ pub(super) async fn a_decision_is_not_recorded_once_a_revocation_got_in(fx: &Fix
     // Refused decisions wrote nothing.
     let kinds: Vec<_> = store.audit_range(1, 100).await.unwrap().into_iter().map(|r| r.event.kind).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "allow").count(), 2, "{kinds:?}");
+}
+
+pub(super) async fn checks_made_at_a_revocation_seq_stand_until_the_next_revocation(fx: &Fixture) {
+    let store = fx.open().await;
+    store.create_task(task(1, "gh", "s1", None), event("task.begin")).await.unwrap();
+    let seen = store.revocation_seq();
+    // The caller checked the task at `seen` and found it live and unexpired:
+    // with no revocation since, the store takes its word (this `now` would
+    // fail the store's own expiry check, which shows it was not repeated).
+    let checked = Preconditions {
+        tasks: vec![tid(1)],
+        now: u64::MAX,
+        session: Some(sid("s1")),
+        risks: Vec::new(),
+        blocking_levels: blocking(),
+        checked_at_revocation: Some(seen),
+    };
+    store.append_audit_if(event("allow"), &checked).await.unwrap();
+
+    // Once a revocation got in, everything is checked again under the lock.
+    store.end_task(&tid(1), 1501, event("task.end")).await.unwrap();
+    assert_eq!(store.revocation_seq(), seen + 1);
+    let stale = Preconditions { now: 1500, ..checked.clone() };
+    let err = store.append_audit_if(event("allow"), &stale).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Revoked(why) if why.contains("has ended")), "{err:?}");
+    // A seq from before other revocations is no better.
+    store.revoke_session(&sid("s1"), 1, event("session.revoke")).await.unwrap();
+    let older = Preconditions { tasks: Vec::new(), now: 1500, ..checked };
+    let err = store.append_audit_if(event("allow"), &older).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Revoked(why) if why.contains("session")), "{err:?}");
+
+    let kinds: Vec<_> = store.audit_range(1, 100).await.unwrap().into_iter().map(|r| r.event.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "allow").count(), 1, "{kinds:?}");
 }
