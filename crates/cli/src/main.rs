@@ -22,6 +22,13 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+/// mimalloc rather than glibc's malloc: the mint path allocates and frees
+/// many small buffers across threads (JSON, claims, protobuf, TLS records),
+/// and glibc's allocator was about a seventh of the server's CPU per task
+/// token (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let expanded = match config::expand(std::env::args_os().collect()) {
         Ok(expanded) => expanded,
