@@ -50,7 +50,7 @@ impl NodeApi {
                 || ApiError::Unauthenticated("an agent SVID (TLS client certificate) is required".into()),
             )?;
         let leaf = certs.first().ok_or_else(|| ApiError::Unauthenticated("empty client certificate chain".into()))?;
-        let info = svid::inspect_leaf(leaf).map_err(|e| ApiError::PermissionDenied(e.to_string()))?;
+        let info = self.state.agent_leaves.inspect(leaf).map_err(|e| ApiError::PermissionDenied(e.to_string()))?;
         if ids::agent_name(&self.state.td, &info.spiffe_id).is_none() {
             return Err(ApiError::PermissionDenied(format!("{} is not an agent", info.spiffe_id)));
         }

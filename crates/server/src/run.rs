@@ -198,6 +198,7 @@ impl Server {
             policy: std::sync::RwLock::new(Arc::new(policy)),
             ceilings,
             svid_cache: crate::svid_cache::SvidCache::default(),
+            agent_leaves: crate::svid_cache::LeafCache::default(),
             key_ops: tokio::sync::Mutex::new(()),
             kek,
             metrics: crate::metrics::Metrics::default(),

@@ -31,6 +31,8 @@ pub(crate) struct State {
     pub(crate) ceilings: Ceilings,
     /// Connector SVIDs already verified.
     pub(crate) svid_cache: crate::svid_cache::SvidCache,
+    /// Agent TLS client certificates already parsed.
+    pub(crate) agent_leaves: crate::svid_cache::LeafCache,
     /// Held across a change to the signing keys (rotation tick, forced
     /// rotation, revocation), so two never interleave.
     pub(crate) key_ops: tokio::sync::Mutex<()>,

@@ -1,6 +1,8 @@
 //! X.509-SVIDs the server has already verified, so the task-token path does
 //! not repeat an ECDSA verification (about three signatures' worth of CPU)
-//! for the certificate a connector presents on every request.
+//! for the certificate a connector presents on every request; and agent
+//! certificates already parsed, so the node API does not parse an agent's
+//! TLS client certificate again on every call over the same connection.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,6 +54,36 @@ impl SvidCache {
     }
 }
 
+/// What [`svid::inspect_leaf`] found in agent certificates, by SHA-256 of
+/// their DER. rustls verified each at the TLS handshake; this only spares
+/// the X.509 parse (the agent's record, ban and current serial are still
+/// read from the store on every call). Only certificates that parsed are kept.
+#[derive(Default)]
+pub(crate) struct LeafCache {
+    parsed: Mutex<HashMap<[u8; 32], SvidInfo>>,
+}
+
+impl LeafCache {
+    /// [`svid::inspect_leaf`] of `der`, from the cache when seen before.
+    pub(crate) fn inspect(&self, der: &[u8]) -> Result<SvidInfo, lanyard_ca::CaError> {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, der).as_ref());
+        if let Ok(parsed) = self.parsed.lock()
+            && let Some(info) = parsed.get(&key)
+        {
+            return Ok(info.clone());
+        }
+        let info = svid::inspect_leaf(der)?;
+        if let Ok(mut parsed) = self.parsed.lock() {
+            if parsed.len() >= MAX_CACHED_SVIDS {
+                parsed.clear();
+            }
+            parsed.insert(key, info.clone());
+        }
+        Ok(info)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -83,5 +115,31 @@ mod tests {
         assert!(cache.verify(&leaf, &roots, 2, now).is_ok());
         // Past its notAfter the cache does not answer, and verification fails.
         assert!(cache.verify(&leaf, &roots, 2, now + Duration::from_secs(61)).is_err());
+    }
+
+    #[test]
+    fn agent_leaves_parse_once_and_refusals_are_never_kept() {
+        let now = SystemTime::now();
+        let td = "example.org".parse().unwrap();
+        let ca = X509Authority::generate(&td, now, Duration::from_secs(3600)).unwrap();
+        let (_, request) = csr::new_key_and_csr().unwrap();
+        let template = X509SvidTemplate {
+            spiffe_id: "spiffe://example.org/agent/a".parse().unwrap(),
+            dns_names: vec![],
+            ttl: Duration::from_secs(60),
+            public_key: csr::parse_csr(&request).unwrap(),
+        };
+        let leaf = ca.sign_svid(&template, now).unwrap().der;
+        let cache = LeafCache::default();
+        let first = cache.inspect(&leaf).unwrap();
+        assert_eq!(first.spiffe_id.as_str(), "spiffe://example.org/agent/a");
+        assert_eq!(cache.inspect(&leaf).unwrap().serial, first.serial);
+        assert_eq!(cache.parsed.lock().unwrap().len(), 1);
+        // A CA certificate is no leaf: refused, each time, and not kept.
+        for _ in 0..2 {
+            assert!(cache.inspect(ca.cert_der()).is_err());
+        }
+        assert!(cache.inspect(&leaf[..leaf.len() - 1]).is_err());
+        assert_eq!(cache.parsed.lock().unwrap().len(), 1);
     }
 }
