@@ -795,16 +795,23 @@ pub(crate) struct TaskRig {
 impl TaskRig {
     /// `server_args` go to `server run`, `connector_args` to the connector's `entry create`.
     pub(crate) fn start(server_args: &[&str], connector_args: &[&str]) -> Self {
-        Self::on(TestServer::start_with(server_args), connector_args)
+        Self::on(TestServer::start_with(server_args), connector_args, &[])
     }
 
     /// [`TaskRig::start`] with the server's bundle endpoint on.
     pub(crate) fn start_with_bundle(server_args: &[&str], connector_args: &[&str]) -> Self {
-        Self::on(TestServer::start_with_bundle(server_args), connector_args)
+        Self::on(TestServer::start_with_bundle(server_args), connector_args, &[])
     }
 
-    fn on(server: TestServer, connector_args: &[&str]) -> Self {
-        let agent = TestAgent::start(&server, "node1");
+    /// [`TaskRig::start`] with more `agent run` arguments.
+    pub(crate) fn start_with_agent_args(agent_args: &[String]) -> Self {
+        Self::on(TestServer::start(), &[], agent_args)
+    }
+
+    fn on(server: TestServer, connector_args: &[&str], agent_args: &[String]) -> Self {
+        let token = server.join_token("node1", "10m");
+        let agent_args = [&[format!("--join-token={token}")], agent_args].concat();
+        let agent = TestAgent::start_with_token_args(&server, "node1", &agent_args);
         let orchestrator = Workload::new(&server.dir().join("bin"), "orchestrator", &agent);
         let connector = Workload::new(&server.dir().join("bin"), "connector", &agent);
         server.create_entry(ORCHESTRATOR, &agent.spiffe_id(), &[&orchestrator.selector()], &["--task-authority"]);

@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 
-use crate::harness::{COMMAND_TIMEOUT, GITHUB, SEARCH, TaskRig, TaskSpec, lanyard, run, stderr_lines, success};
+use crate::harness::{
+    COMMAND_TIMEOUT, GITHUB, SEARCH, TaskRig, TaskSpec, free_port, lanyard, run, stderr_lines, success,
+};
 
 #[test]
 fn bench_drives_all_four_ops_through_the_agent_without_errors() {
@@ -51,4 +53,35 @@ fn bench_without_an_agent_fails_on_one_line() {
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("lanyard: cannot reach the agent's socket"), "{lines:?}");
+}
+
+/// Workloads asking at once: the agent sends their task-token requests to
+/// the server in MintTaskTokens calls of several (its metrics say how many
+/// calls and requests), and every workload gets its own answer.
+#[test]
+fn concurrent_task_token_requests_reach_the_server_in_batches() {
+    let port = free_port();
+    let rig = TaskRig::start_with_agent_args(&["--metrics-listen".to_owned(), format!("127.0.0.1:{port}")]);
+    let task = rig.begin(&TaskSpec::default());
+    #[rustfmt::skip]
+    let args = [
+        "bench", "--duration", "2s", "--warmup", "0s", "--workloads", "32", "--output", "json",
+        "--op", "task-token", "--task", &task, "--tool", SEARCH, "--audience", GITHUB,
+    ];
+    let report: Value = serde_json::from_str(&success("lanyard bench", &rig.connector.run(&args))).unwrap();
+    let op = &report["ops"][0];
+    assert_eq!(op["errors"], 0, "{report}");
+    let answered = op["count"].as_u64().unwrap();
+
+    let (status, text) = crate::verify::http_get(&format!("http://127.0.0.1:{port}"), "/metrics", &[]);
+    assert_eq!(status, 200);
+    let value = |series: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.unwrap_or_else(|| panic!("{series} missing from\n{text}")).rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (calls, requests) =
+        (value("lanyard_agent_task_token_batches_total"), value("lanyard_agent_task_token_batched_total"));
+    // Every answer went through a batch (the warm-up's and the tail's too).
+    assert!(requests >= answered && answered > 0, "{requests} sent, {answered} answered");
+    assert!(calls * 2 <= requests, "32 workloads at once, yet {calls} calls for {requests} requests");
 }

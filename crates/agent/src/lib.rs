@@ -38,6 +38,7 @@ pub mod fuzzing;
 mod identity;
 mod jwt_cache;
 mod metrics;
+mod mint_batch;
 mod node_client;
 mod run;
 mod supervisor;

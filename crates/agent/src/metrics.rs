@@ -34,6 +34,10 @@ pub(crate) struct AgentMetrics {
     pub(crate) svids: AtomicU64,
     /// Registration entries held.
     pub(crate) entries: AtomicU64,
+    /// MintTaskTokens calls sent to the server.
+    pub(crate) task_token_batches: Counter,
+    /// Task-token requests sent in them.
+    pub(crate) task_token_batched: Counter,
 }
 
 impl AgentMetrics {
@@ -75,6 +79,12 @@ impl AgentMetrics {
         e.family(name, "counter", "X.509-SVIDs minted, first ones and rotations.");
         e.sample(name, &[("reason", "first")], self.first_mints.get());
         e.sample(name, &[("reason", "rotation")], self.rotations.get());
+        let name = "lanyard_agent_task_token_batches_total";
+        e.family(name, "counter", "MintTaskTokens calls sent to the server.");
+        e.sample(name, &[], self.task_token_batches.get());
+        let name = "lanyard_agent_task_token_batched_total";
+        e.family(name, "counter", "Task-token requests sent in them (divided by the calls: the mean batch).");
+        e.sample(name, &[], self.task_token_batched.get());
         let gauges = [
             ("lanyard_agent_svids", "X.509-SVIDs held in the cache.", self.svids.load(Ordering::Relaxed)),
             ("lanyard_agent_entries", "Registration entries held.", self.entries.load(Ordering::Relaxed)),

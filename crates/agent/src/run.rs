@@ -20,6 +20,7 @@ use crate::config::AgentConfig;
 use crate::convert::bundle_from_proto;
 use crate::identity::{self, AgentIdentity};
 use crate::metrics::{self, AgentMetrics};
+use crate::mint_batch;
 use crate::node_client;
 use crate::supervisor::Supervisor;
 use crate::workload::{self, WorkloadApi};
@@ -120,7 +121,7 @@ impl Agent {
         let api = WorkloadApi {
             td: self.td,
             snapshots,
-            client: client_rx,
+            client: client_rx.clone(),
             attest_cache: Arc::new(attest::AttestCache::default()),
             jwts: Arc::new(jwt_cache::JwtCache::default()),
             metrics: Arc::clone(&metrics),
@@ -129,6 +130,7 @@ impl Agent {
                 Arc::new(lanyard_core::rate::RateLimiter::new(rate, MAX_RATE_LIMITED_PROCESSES))
             }),
             streams: Arc::new(workload::StreamSlots::new(self.config.workload_streams)),
+            mints: mint_batch::MintBatcher::start(client_rx.clone(), Arc::clone(&metrics)),
         };
         let tasks = TasksServer::new(api.clone()).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);
         let service = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(WORKLOAD_MAX_MESSAGE);

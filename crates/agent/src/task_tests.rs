@@ -13,8 +13,8 @@ use lanyard_proto::agent::{BeginTaskRequest, DelegateTaskRequest, FetchTaskToken
 use lanyard_proto::common::{Entry, TaskSpec, TaskToken};
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
-    CallerIdentity, MintTaskTokenRequest, MintX509SvidsRequest, NodeBeginTaskRequest, NodeDelegateTaskRequest,
-    X509SvidRequest,
+    CallerIdentity, MintTaskTokenRequest, MintTaskTokensRequest, MintX509SvidsRequest, NodeBeginTaskRequest,
+    NodeDelegateTaskRequest, X509SvidRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -48,9 +48,17 @@ struct World {
 
 impl World {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut lanyard_server::ServerConfig)) -> Self {
         let (policies, dir) = scratch();
         std::fs::write(dir.join("test.cedar"), POLICIES).unwrap();
-        let mut f = fixture_with(|c| c.policy_dir = Some(dir)).await;
+        let mut f = fixture_with(|c| {
+            c.policy_dir = Some(dir);
+            tweak(c);
+        })
+        .await;
         let (node, _) = f.agent("node1").await;
         let connector = |name: &str, tools: &[&str]| Entry {
             spiffe_id: id(name),
@@ -138,6 +146,18 @@ impl World {
         Ok(self.node.mint_task_token(req).await?.into_inner())
     }
 
+    /// A forwarded request for `github`, as the agent sends it.
+    fn request(&self, task: &str, tools: &[&str]) -> MintTaskTokenRequest {
+        let request = FetchTaskTokenRequest {
+            task_id: task.into(),
+            audience: AUD.into(),
+            tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            action: "read".into(),
+            ttl_seconds: 0,
+        };
+        MintTaskTokenRequest { caller: vec![self.github.clone()], request: Some(request) }
+    }
+
     async fn mint(&mut self, task: &str, tools: &[&str]) -> Result<TaskToken, Status> {
         let github = self.github.clone();
         self.mint_as(&[github], task, tools, AUD, "read").await
@@ -159,6 +179,12 @@ impl World {
         };
         let req = NodeDelegateTaskRequest { caller: vec![caller.clone()], request: Some(request) };
         Ok(self.node.delegate_task(req).await?.into_inner().task_id)
+    }
+
+    /// How many audit records of `kind` there are.
+    async fn audit_count(&mut self, kind: &str) -> usize {
+        let req = QueryAuditRequest { kind: kind.into(), limit: 1000, from_seq: 1, ..Default::default() };
+        self.f.admin.query_audit(req).await.unwrap().into_inner().records.len()
     }
 
     /// The newest audit record of `kind`.
@@ -326,4 +352,61 @@ async fn delegation_refusals_and_chains() {
     assert_eq!(ended.tasks.len(), 5);
     let r = w.mint_as(std::slice::from_ref(&github), &d4, &["search"], AUD, "read").await;
     w.assert_refused("tasktoken.mint", r, "the task has ended").await;
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_request_as_alone_in_order_and_audits_each() {
+    let mut w = World::new().await;
+    let task = w.begin(&["search", "forbidden.tool"], "read", "s1").await;
+    let audited_before = w.audit_count("tasktoken.mint").await;
+    let requests = vec![
+        w.request(&task, &["search"]),
+        w.request(&task, &["create"]),
+        MintTaskTokenRequest { request: None, ..w.request(&task, &["search"]) },
+        w.request(&task, &["forbidden.tool"]),
+        w.request(&task, &["search"]),
+    ];
+    let results = w.node.mint_task_tokens(MintTaskTokensRequest { requests }).await.unwrap().into_inner().results;
+    let summary: Vec<_> = results.iter().map(|r| (Code::from_i32(r.code), r.token.is_some())).collect();
+    assert_eq!(
+        summary,
+        [
+            (Code::Ok, true),
+            (Code::PermissionDenied, false),
+            (Code::InvalidArgument, false),
+            (Code::PermissionDenied, false),
+            (Code::Ok, true)
+        ]
+    );
+    assert!(results[1].error.contains("tool create is not in the task"), "{:?}", results[1].error);
+    assert!(results[3].error.contains("no-forbidden-tool"), "{:?}", results[3].error);
+    let (first, last) = (results[0].token.as_ref().unwrap(), results[4].token.as_ref().unwrap());
+    assert_ne!(first.jti, last.jti, "each is its own token");
+    // Two allowed and two refused by policy are audited, each on its own
+    // (the request with nothing in it is refused before any decision).
+    assert_eq!(w.audit_count("tasktoken.mint").await, audited_before + 4);
+
+    // The call itself is refused when empty or too large.
+    for n in [0, 257] {
+        let requests = vec![w.request(&task, &["search"]); n];
+        let status = w.node.mint_task_tokens(MintTaskTokensRequest { requests }).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{n}: {status:?}");
+        assert!(status.message().contains("1-256"), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_charged_per_request_against_the_agent_rate() {
+    // 10 requests a second, a burst of 20: once the bucket is full again, a
+    // batch of 30 gets 20 tokens (21 if one drips in meanwhile), not 30.
+    let mut w = World::with(|c| c.agent_rate = 10).await;
+    let task = w.begin(&["search"], "read", "s1").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let requests = vec![w.request(&task, &["search"]); 30];
+    let results = w.node.mint_task_tokens(MintTaskTokensRequest { requests }).await.unwrap().into_inner().results;
+    let codes: Vec<_> = results.iter().map(|r| Code::from_i32(r.code)).collect();
+    let allowed = codes.iter().filter(|c| **c == Code::Ok).count();
+    assert!((20..=21).contains(&allowed), "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == Code::ResourceExhausted).count(), 30 - allowed, "{codes:?}");
+    assert!(results.iter().any(|r| r.error.contains("--agent-rate")), "{results:?}");
 }

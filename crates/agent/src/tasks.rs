@@ -21,8 +21,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::workload::{Caller, NO_IDENTITY, WorkloadApi};
 
 impl WorkloadApi {
-    /// Attests the caller: its identities (with SVIDs) and a client to the server.
-    async fn forwarding<T>(&self, req: &Request<T>) -> Result<(Vec<CallerIdentity>, NodeClient<Channel>), Status> {
+    /// Attests the caller: its identities, with their SVIDs.
+    async fn caller_identities<T>(&self, req: &Request<T>) -> Result<Vec<CallerIdentity>, Status> {
         let Caller { snap, entries, .. } = self.caller(req).await?;
         let caller: Vec<CallerIdentity> = entries
             .iter()
@@ -33,6 +33,12 @@ impl WorkloadApi {
         if caller.is_empty() {
             return Err(Status::unavailable("this workload's SVIDs are still being issued; retry"));
         }
+        Ok(caller)
+    }
+
+    /// The caller's identities and a client to the server.
+    async fn forwarding<T>(&self, req: &Request<T>) -> Result<(Vec<CallerIdentity>, NodeClient<Channel>), Status> {
+        let caller = self.caller_identities(req).await?;
         Ok((caller, self.server_client().await?))
     }
 }
@@ -56,9 +62,10 @@ impl Tasks for WorkloadApi {
     }
 
     async fn fetch_task_token(&self, req: Request<FetchTaskTokenRequest>) -> Result<Response<TaskToken>, Status> {
-        let (caller, mut client) = self.forwarding(&req).await?;
+        // Batched with other workloads' requests (see mint_batch).
+        let caller = self.caller_identities(&req).await?;
         let forwarded = MintTaskTokenRequest { caller, request: Some(req.into_inner()) };
-        Ok(Response::new(client.mint_task_token(forwarded).await.map_err(relay)?.into_inner()))
+        Ok(Response::new(self.mints.mint(forwarded).await.map_err(relay)?))
     }
 
     async fn delegate_task(&self, req: Request<DelegateTaskRequest>) -> Result<Response<DelegateTaskResponse>, Status> {

@@ -47,6 +47,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) limiter: Option<Arc<lanyard_core::rate::RateLimiter<i32>>>,
     /// Streams open per process (by PID), and how many one may hold.
     pub(crate) streams: Arc<StreamSlots>,
+    /// Task-token requests on their way to the server.
+    pub(crate) mints: crate::mint_batch::MintBatcher,
 }
 
 /// Open Workload API streams per process, at most `max` each (0: no limit).
@@ -389,11 +391,7 @@ impl WorkloadApi {
     /// The connection to the server, waiting up to [`CONNECT_WAIT`] while
     /// there is none.
     pub(crate) async fn server_client(&self) -> Result<NodeClient<Channel>, Status> {
-        let mut rx = self.client.clone();
-        match tokio::time::timeout(CONNECT_WAIT, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(client)) => client.clone().ok_or_else(|| Status::unavailable("the server is unreachable; retry")),
-            _ => Err(Status::unavailable("the server is unreachable; retry")),
-        }
+        connected(self.client.clone()).await
     }
 
     /// A JWT-SVID for `entry`: cached if still fresh, else minted by the server.
@@ -415,6 +413,17 @@ impl WorkloadApi {
         let expires_at = u64::try_from(reply.expires_at).unwrap_or(0);
         self.jwts.put(&entry.id, entry.revision, audiences, reply.token.clone(), now, expires_at);
         Ok(reply.token)
+    }
+}
+
+/// The connection to the server in `client`, waiting up to [`CONNECT_WAIT`]
+/// while there is none.
+pub(crate) async fn connected(
+    mut client: watch::Receiver<Option<NodeClient<Channel>>>,
+) -> Result<NodeClient<Channel>, Status> {
+    match tokio::time::timeout(CONNECT_WAIT, client.wait_for(Option::is_some)).await {
+        Ok(Ok(client)) => client.clone().ok_or_else(|| Status::unavailable("the server is unreachable; retry")),
+        _ => Err(Status::unavailable("the server is unreachable; retry")),
     }
 }
 

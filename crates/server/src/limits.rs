@@ -6,6 +6,8 @@ pub(crate) const NODE_MAX_MESSAGE: usize = 1024 * 1024;
 pub(crate) const ADMIN_MAX_MESSAGE: usize = 1024 * 1024;
 /// Most CSRs in one MintX509Svids call.
 pub(crate) const MAX_X509_BATCH: usize = 500;
+/// Most requests in one MintTaskTokens call.
+pub(crate) const MAX_TASK_TOKEN_BATCH: usize = 256;
 /// Most entries in one SyncEntries message (keeps each far below 4 MiB).
 pub(crate) const SYNC_CHUNK: usize = 500;
 /// Default and largest page of ListEntries.

@@ -3,16 +3,17 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use lanyard_ca::{JwtSvidTemplate, X509SvidTemplate, csr, svid};
+use lanyard_ca::{JwtSvidTemplate, X509SvidTemplate, csr};
 use lanyard_core::{Entry, SpiffeId, ids, unix_secs};
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
-    self, MintTaskTokenRequest, NodeBeginTaskRequest, NodeDelegateTaskRequest, NodeEndTaskRequest,
+    self, MintTaskTokenRequest, MintTaskTokensRequest, MintTaskTokensResponse, NodeBeginTaskRequest,
+    NodeDelegateTaskRequest, NodeEndTaskRequest,
 };
 use lanyard_proto::node::{
     AttestRequest, AttestResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidsRequest,
-    MintX509SvidsResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse, X509SvidRequest,
-    X509SvidResult,
+    MintX509SvidsResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse, TaskTokenResult,
+    X509SvidRequest, X509SvidResult,
 };
 use lanyard_proto::{agent, common};
 use lanyard_store::{AgentRecord, AuditEvent};
@@ -23,13 +24,14 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::convert::{bundle_to_proto, entry_to_proto, parse_entry_id, secs_i64};
-use crate::limits::{MAX_CALLER_IDENTITIES, MAX_X509_BATCH, SYNC_CHUNK};
+use crate::limits::{MAX_CALLER_IDENTITIES, MAX_TASK_TOKEN_BATCH, MAX_X509_BATCH, SYNC_CHUNK};
 use crate::metrics::{MintKind, Outcome};
 use crate::state::State;
 use crate::status::ApiError;
 use crate::tasks::{CallerIdentity, TaskSpec};
 
 /// The node API service.
+#[derive(Clone)]
 pub(crate) struct NodeApi {
     pub(crate) state: Arc<State>,
 }
@@ -64,17 +66,23 @@ impl NodeApi {
         if record.banned {
             return Err(ApiError::PermissionDenied("agent is banned".into()));
         }
-        if let Some(limiter) = &self.state.agent_limiter
-            && !limiter.allow(&info.spiffe_id, std::time::Instant::now())
-        {
-            return Err(ApiError::ResourceExhausted("rate limit: this agent is over the server's --agent-rate".into()));
-        }
+        self.charge(&info.spiffe_id)?;
         if record.svid_serial != info.serial {
             return Err(ApiError::PermissionDenied(
                 "agent SVID has been superseded; reconnect with the newest one".into(),
             ));
         }
         Ok(AgentCaller { id: info.spiffe_id, record })
+    }
+
+    /// Counts one request against the agent's `--agent-rate`.
+    fn charge(&self, agent: &SpiffeId) -> Result<(), ApiError> {
+        match &self.state.agent_limiter {
+            Some(limiter) if !limiter.allow(agent, std::time::Instant::now()) => {
+                Err(ApiError::ResourceExhausted("rate limit: this agent is over the server's --agent-rate".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Signs an agent SVID for the key in `csr_der`; with the chain to present
@@ -268,6 +276,49 @@ impl Node for NodeApi {
         let result = self.mint_task_token_inner(req).await;
         self.state.metrics.mint(MintKind::TaskToken, Outcome::of(&result), 1, started.elapsed());
         Ok(result?)
+    }
+
+    async fn mint_task_tokens(
+        &self,
+        req: Request<MintTaskTokensRequest>,
+    ) -> Result<Response<MintTaskTokensResponse>, Status> {
+        let started = std::time::Instant::now();
+        let caller = self.authenticate(&req).await.inspect_err(|e| {
+            self.state.metrics.mint(MintKind::TaskToken, Outcome::of_error(e), 1, started.elapsed());
+        })?;
+        let requests = req.into_inner().requests;
+        if requests.is_empty() || requests.len() > MAX_TASK_TOKEN_BATCH {
+            return Err(ApiError::invalid("requests", format!("must hold 1-{MAX_TASK_TOKEN_BATCH} requests")).into());
+        }
+        // Each on its own task, so one batch uses every core; each is
+        // charged, decided, signed and audited as if it had come alone
+        // (authenticate charged the first).
+        let caller = Arc::new(caller);
+        let mints: Vec<_> = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, request)| {
+                let (api, caller) = (self.clone(), Arc::clone(&caller));
+                let mint = async move {
+                    let result = api.mint_one_task_token(&caller, request, i > 0).await;
+                    api.state.metrics.mint(MintKind::TaskToken, Outcome::of(&result), 1, started.elapsed());
+                    result
+                };
+                tokio::spawn(mint.instrument(tracing::Span::current()))
+            })
+            .collect();
+        let mut results = Vec::with_capacity(mints.len());
+        for mint in mints {
+            let result = mint.await.map_err(|e| ApiError::Internal(format!("a mint failed: {e}")))?;
+            results.push(match result {
+                Ok(token) => TaskTokenResult { token: Some(token), code: 0, error: String::new() },
+                Err(e) => {
+                    let status = Status::from(e);
+                    TaskTokenResult { token: None, code: status.code() as i32, error: status.message().to_owned() }
+                }
+            });
+        }
+        Ok(Response::new(MintTaskTokensResponse { results }))
     }
 
     async fn delegate_task(
@@ -522,9 +573,22 @@ impl NodeApi {
         req: Request<MintTaskTokenRequest>,
     ) -> Result<Response<common::TaskToken>, ApiError> {
         let caller = self.authenticate(&req).await?;
-        let req = req.into_inner();
-        let identities = self.caller_identities(&caller, &req.caller).await?;
+        Ok(Response::new(self.mint_one_task_token(&caller, req.into_inner(), false).await?))
+    }
+
+    /// One forwarded task-token request from `caller`, charged against its
+    /// rate first when `charge` (a call's first request was, by authenticate).
+    async fn mint_one_task_token(
+        &self,
+        caller: &AgentCaller,
+        req: MintTaskTokenRequest,
+        charge: bool,
+    ) -> Result<common::TaskToken, ApiError> {
+        if charge {
+            self.charge(&caller.id)?;
+        }
+        let identities = self.caller_identities(caller, &req.caller).await?;
         let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
-        Ok(Response::new(self.state.mint_task_token(&caller.id, &identities, &request).await?))
+        self.state.mint_task_token(&caller.id, &identities, &request).await
     }
 }
