@@ -11,6 +11,11 @@
 
 mod support;
 
+/// The load generator shares the 2 cores with the agent and server: it uses
+/// the allocator `lanyard` (and so `lanyard bench`) uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
