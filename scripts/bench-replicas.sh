@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 
 replicas="${1:?usage: bench-replicas.sh 1|2|sled [bench flags]}"
 shift
-bin="$(realpath "${LANYARD:-target/release/lanyard}")"
-[[ -x "$bin" ]] || { echo "bench-replicas: no $bin; run: cargo build --release -p lanyard" >&2; exit 1; }
+script=bench-replicas
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+
 store=()
 if [[ "$replicas" == sled ]]; then
     replicas=1
@@ -28,27 +30,6 @@ else
     url="${LANYARD_TEST_PG_URL%/*}/$db"
     store=(--store-url "$url")
 fi
-
-dir="$(mktemp -d -t lanyard-bench-replicas.XXXXXX)"
-pids=()
-cleanup() {
-    local status=$?
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ $status -ne 0 ]]; then
-        for log in "$dir"/*.log; do echo "--- $log" >&2; tail -n 20 "$log" >&2; done
-    fi
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-export LANYARD_LOG="${LANYARD_LOG:-warn}"
-unset SPIFFE_ENDPOINT_SOCKET LANYARD_ADMIN_SOCKET LANYARD_JOIN_TOKEN LANYARD_STORE_URL
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-retry() {
-    for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "bench-replicas: timed out waiting for: $*" >&2
-    return 1
-}
 
 td=example.org
 connector="spiffe://$td/connector/bench"
@@ -96,12 +77,4 @@ for f, o in zip(sys.argv[1:], ops):
     print(f"  {f.rsplit('/', 1)[-1]}: {o['per_sec']:.0f}/s, p50 {o['p50_us']/1e3:.2f} ms, p99 {o['p99_us']/1e3:.2f} ms, errors {o['errors']}")
 print(f"task tokens/s, all replicas: {total:.0f}")
 PY
-for n in $(seq "$replicas"); do
-    python3 - "${bundle[n]}" "$n" <<'PY'
-import sys, urllib.request
-text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics").read().decode()
-values = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("lanyard_store_commit_duration_seconds_") and " " in l}
-count, total = values.get("lanyard_store_commit_duration_seconds_count", 0), values.get("lanyard_store_commit_duration_seconds_sum", 0)
-print(f"  replica {sys.argv[2]}: {count:.0f} commits, mean commit {1e3 * total / max(count, 1):.2f} ms")
-PY
-done
+for n in $(seq "$replicas"); do commit_latency "${bundle[n]}" "  replica $n"; done
