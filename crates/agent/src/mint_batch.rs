@@ -98,20 +98,15 @@ async fn send(batch: Vec<Queued>, client: watch::Receiver<Option<NodeClient<Chan
         Ok(mut client) => client.mint_task_tokens(MintTaskTokensRequest { requests }).await.map(|r| r.into_inner()),
         Err(status) => Err(status),
     };
+    let expected = replies.len();
+    let answer = answer.and_then(|r| match r.results.len() {
+        n if n == expected => Ok(r.results),
+        n => Err(Status::internal(format!("the server answered {n} of {expected} task-token requests"))),
+    });
     match answer {
-        Ok(response) if response.results.len() == replies.len() => {
-            for (reply, result) in replies.into_iter().zip(response.results) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(answer_of(result));
-            }
-        }
-        Ok(response) => {
-            let status = Status::internal(format!(
-                "the server answered {} of {} task-token requests",
-                response.results.len(),
-                replies.len()
-            ));
-            for reply in replies {
-                let _ = reply.send(Err(status.clone()));
             }
         }
         Err(status) => {

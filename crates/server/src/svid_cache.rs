@@ -92,20 +92,27 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn caches_only_what_verified_and_forgets_on_bundle_change_and_expiry() {
-        let now = SystemTime::now();
-        let td = "example.org".parse().unwrap();
-        let ca = X509Authority::generate(&td, now, Duration::from_secs(3600)).unwrap();
-        let other = X509Authority::generate(&td, now, Duration::from_secs(3600)).unwrap();
+    fn authority(now: SystemTime) -> X509Authority {
+        X509Authority::generate(&"example.org".parse().unwrap(), now, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A leaf for `spiffe_id` from `ca`, valid for 60 s from `now`.
+    fn leaf(ca: &X509Authority, spiffe_id: &str, now: SystemTime) -> Vec<u8> {
         let (_, request) = csr::new_key_and_csr().unwrap();
         let template = X509SvidTemplate {
-            spiffe_id: "spiffe://example.org/c".parse().unwrap(),
+            spiffe_id: spiffe_id.parse().unwrap(),
             dns_names: vec![],
             ttl: Duration::from_secs(60),
             public_key: csr::parse_csr(&request).unwrap(),
         };
-        let leaf = ca.sign_svid(&template, now).unwrap().der;
+        ca.sign_svid(&template, now).unwrap().der
+    }
+
+    #[test]
+    fn caches_only_what_verified_and_forgets_on_bundle_change_and_expiry() {
+        let now = SystemTime::now();
+        let (ca, other) = (authority(now), authority(now));
+        let leaf = leaf(&ca, "spiffe://example.org/c", now);
         let roots = vec![ca.cert_der().to_vec()];
         let cache = SvidCache::default();
         assert!(cache.verify(&leaf, &[other.cert_der().to_vec()], 1, now).is_err());
@@ -120,16 +127,8 @@ mod tests {
     #[test]
     fn agent_leaves_parse_once_and_refusals_are_never_kept() {
         let now = SystemTime::now();
-        let td = "example.org".parse().unwrap();
-        let ca = X509Authority::generate(&td, now, Duration::from_secs(3600)).unwrap();
-        let (_, request) = csr::new_key_and_csr().unwrap();
-        let template = X509SvidTemplate {
-            spiffe_id: "spiffe://example.org/agent/a".parse().unwrap(),
-            dns_names: vec![],
-            ttl: Duration::from_secs(60),
-            public_key: csr::parse_csr(&request).unwrap(),
-        };
-        let leaf = ca.sign_svid(&template, now).unwrap().der;
+        let ca = authority(now);
+        let leaf = leaf(&ca, "spiffe://example.org/agent/a", now);
         let cache = LeafCache::default();
         let first = cache.inspect(&leaf).unwrap();
         assert_eq!(first.spiffe_id.as_str(), "spiffe://example.org/agent/a");
