@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{
     AuthorizationError, Authorizer, Context, Entities, EntityId, EntityTypeName, EntityUid, ParseErrors, Policy,
@@ -18,6 +18,7 @@ use cedar_policy::{
 use lanyard_core::{Action, Audience, Classification, SessionId, SpiffeId, TaskId, Tool, User};
 use serde::{Deserialize, Serialize};
 
+use crate::context_memo::ContextMemo;
 use crate::error::PolicyError;
 use crate::risk::RiskLevel;
 use crate::time::UtcTime;
@@ -77,6 +78,8 @@ pub struct PolicyEngine {
     ids: Vec<String>,
     model: &'static Model,
     authorizer: Authorizer,
+    /// Contexts built this second; shared by clones.
+    contexts: Arc<ContextMemo<Context>>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -128,7 +131,7 @@ impl PolicyEngine {
     /// Asks Cedar about one tool. Never panics: a request that cannot be built, or any policy that
     /// fails to evaluate, gives `allowed = false` with `errors` filled.
     pub fn evaluate(&self, input: &PolicyInput<'_>) -> Decision {
-        let request = match self.model.request(input, None) {
+        let request = match self.model.request(input, &self.contexts, None) {
             Ok(request) => request,
             Err(reason) => {
                 return Decision { allowed: false, policies: Vec::new(), errors: vec![reason] };
@@ -200,15 +203,21 @@ impl Model {
         Ok(Self { connector: name("Lanyard::Connector")?, tool: name("Lanyard::Tool")?, schema, entities, actions })
     }
 
-    /// The Cedar request for `i`. Production passes no schema: checking the
-    /// context against it would double the cost of a decision, and a test
-    /// checks every shape of request this builds against [`SCHEMA`].
-    fn request(&self, i: &PolicyInput<'_>, schema: Option<&Schema>) -> Result<Request, String> {
+    /// The Cedar request for `i`, its context from `contexts` when one was
+    /// built for the same inputs this second. Production passes no schema:
+    /// checking the context against it would double the cost of a decision,
+    /// and a test checks every shape of request this builds against [`SCHEMA`].
+    fn request(
+        &self,
+        i: &PolicyInput<'_>,
+        contexts: &ContextMemo<Context>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
         let principal = EntityUid::from_type_name_and_id(self.connector.clone(), EntityId::new(i.connector.as_str()));
         let resource = EntityUid::from_type_name_and_id(self.tool.clone(), EntityId::new(i.tool.as_str()));
         let action = self.actions.iter().find(|(a, _)| *a == i.action).map(|(_, uid)| uid.clone());
         let action = action.ok_or_else(|| format!("action {} is not in the schema", i.action))?;
-        let context = Context::from_pairs(context_pairs(i)?).map_err(|e| e.to_string())?;
+        let context = contexts.get_or_build(i, || Context::from_pairs(context_pairs(i)?).map_err(|e| e.to_string()))?;
         Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
     }
 }
@@ -293,7 +302,13 @@ impl Builder {
                 result.validation_errors().map(describe_validation_error).filter(|r| seen.insert(r.clone())).collect();
             return Err(PolicyError::Validation { reasons });
         }
-        Ok(PolicyEngine { policies: self.set, ids: self.ids, model: self.model, authorizer: Authorizer::new() })
+        Ok(PolicyEngine {
+            policies: self.set,
+            ids: self.ids,
+            model: self.model,
+            authorizer: Authorizer::new(),
+            contexts: Arc::new(ContextMemo::new()),
+        })
     }
 }
 
@@ -358,7 +373,7 @@ mod tests {
                     risk: risks[n],
                     now_unix: [0, 1_704_117_600, u64::MAX][n % 3],
                 };
-                let checked = model.request(&input, Some(&model.schema));
+                let checked = model.request(&input, &ContextMemo::new(), Some(&model.schema));
                 assert!(checked.is_ok(), "{action} {classification}: {checked:?}");
             }
         }

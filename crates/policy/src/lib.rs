@@ -54,6 +54,7 @@
 
 mod cedar;
 mod ceilings;
+mod context_memo;
 mod decide;
 mod error;
 mod risk;

@@ -23,6 +23,7 @@ pub(crate) struct Owned {
     pub(crate) classification: Classification,
     pub(crate) session: lanyard_core::SessionId,
     pub(crate) agent: lanyard_core::SpiffeId,
+    pub(crate) task: TaskId,
     pub(crate) chain_depth: usize,
     pub(crate) risk: Option<RiskLevel>,
     pub(crate) now: u64,
@@ -39,6 +40,7 @@ impl Owned {
             classification: Classification::Internal,
             session: "s1".parse().unwrap(),
             agent: id(AGENT),
+            task: TaskId::from_bytes([0xab; 16]),
             chain_depth: 0,
             risk: None,
             now: NOW,
@@ -54,7 +56,7 @@ impl Owned {
             audience: &self.audience,
             classification: self.classification,
             session: &self.session,
-            task: TaskId::from_bytes([0xab; 16]),
+            task: self.task,
             agent: &self.agent,
             chain_depth: self.chain_depth,
             risk: self.risk,
@@ -85,8 +87,9 @@ fn permit_all_allows_and_names_itself() {
     }
 }
 
-#[test]
-fn every_context_field_reaches_cedar() {
+/// A policy that permits exactly one value of every context field, and the
+/// inputs that have them.
+fn all_fields() -> (PolicyEngine, impl Fn(&mut Owned)) {
     let src = format!(
         r#"
         @id("all-fields")
@@ -116,6 +119,12 @@ fn every_context_field_reaches_cedar() {
         o.risk = Some(RiskLevel::Medium);
         o.now = 1_704_108_645; // Monday 2024-01-01 11:30:45 UTC
     };
+    (engine, set)
+}
+
+#[test]
+fn every_context_field_reaches_cedar() {
+    let (engine, set) = all_fields();
     let d = eval_with(&engine, set);
     assert_eq!((d.allowed, d.policies, d.errors), (true, vec!["all-fields".to_owned()], vec![]));
     // And no risk reads as "none" / 0.
@@ -126,6 +135,36 @@ fn every_context_field_reaches_cedar() {
     .unwrap();
     assert!(eval_with(&none, |_| {}).allowed);
     assert!(!eval_with(&none, |o| o.risk = Some(RiskLevel::Low)).allowed);
+}
+
+/// Contexts are reused for the same inputs within a second: each request
+/// below comes right after an allowed one, in the same second, and differs
+/// in one field only; every one must be decided on its own context.
+#[test]
+fn a_context_is_reused_only_for_exactly_the_same_inputs() {
+    let (engine, set) = all_fields();
+    type Change = (&'static str, fn(&mut Owned));
+    let changes: [Change; 10] = [
+        ("user sub", |o| o.user = user("mallory")),
+        ("user iss", |o| o.user.iss = "https://other.example".parse().unwrap()),
+        ("audience", |o| o.audience = aud("api.slack.com")),
+        ("classification", |o| o.classification = Classification::Restricted),
+        ("session", |o| o.session = "s2".parse().unwrap()),
+        ("task", |o| o.task = TaskId::from_bytes([0xcd; 16])),
+        ("agent", |o| o.agent = id("spiffe://example.org/agent/other")),
+        ("chain depth", |o| o.chain_depth = 2),
+        ("risk", |o| o.risk = Some(RiskLevel::High)),
+        ("time", |o| o.now += 60),
+    ];
+    for (what, change) in changes {
+        assert!(eval_with(&engine, &set).allowed);
+        let d = eval_with(&engine, |o| {
+            set(o);
+            change(o);
+        });
+        assert!(!d.allowed, "a changed {what} was decided on the earlier context");
+        assert!(eval_with(&engine, &set).allowed, "{what}");
+    }
 }
 
 #[test]
@@ -316,8 +355,8 @@ fn load_dir_reads_only_cedar_files_in_name_order() {
 #[ignore = "timing; run with --release -- --ignored --nocapture"]
 fn evaluate_cost() {
     let engine = PolicyEngine::load_dir(&examples_dir()).unwrap();
-    let o = Owned::new();
-    let input = o.input();
+    let owned = Owned::new();
+    let input = owned.input();
     for _ in 0..1_000 {
         assert!(engine.evaluate(&input).allowed);
     }
@@ -328,6 +367,18 @@ fn evaluate_cost() {
     }
     let elapsed = start.elapsed();
     println!("evaluate (examples/policies, 3 policies): {n} calls in {elapsed:?}, {:?} per call", elapsed / n);
+    // Every call for another task: a context is built each time.
+    let mut o = Owned::new();
+    let start = std::time::Instant::now();
+    for k in 0..n {
+        o.task = TaskId::from_bytes(u128::from(k).to_be_bytes());
+        std::hint::black_box(engine.evaluate(std::hint::black_box(&o.input())));
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "evaluate (examples/policies), a new task each call: {n} calls in {elapsed:?}, {:?} per call",
+        elapsed / n
+    );
     let permit_all = PolicyEngine::permit_all();
     let start = std::time::Instant::now();
     for _ in 0..n {
