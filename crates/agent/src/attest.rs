@@ -203,8 +203,32 @@ fn read_proc(pid: i32, file: &str) -> Result<String, AttestError> {
 }
 
 fn start_ticks(pid: i32) -> Result<u64, AttestError> {
-    let stat = read_proc(pid, "stat")?;
-    parse_stat_start(&stat).ok_or_else(|| AttestError::Proc(pid, "stat: no start time".into()))
+    let mut buf = [0u8; STAT_BUF];
+    let stat = read_stat(pid, &mut buf)?;
+    parse_stat_start(stat).ok_or_else(|| AttestError::Proc(pid, "stat: no start time".into()))
+}
+
+/// Longest `/proc/<pid>/stat` read: the line is a 16-byte command name and
+/// 51 numbers, under 400 bytes.
+const STAT_BUF: usize = 1024;
+
+/// `/proc/<pid>/stat` into `buf`: open, read, close. Read on every call, so
+/// without `fs::read_to_string`'s extra `statx` and reads to the end: the
+/// kernel hands over the whole line in one read.
+fn read_stat(pid: i32, buf: &mut [u8; STAT_BUF]) -> Result<&[u8], AttestError> {
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => AttestError::Gone(pid),
+        _ => AttestError::Proc(pid, format!("stat: {e}")),
+    };
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).map_err(io)?;
+    let mut len = 0;
+    while len < buf.len() && !buf[..len].ends_with(b"\n") {
+        match file.read(&mut buf[len..]).map_err(io)? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    Ok(&buf[..len])
 }
 
 fn exe_digest(pid: i32, cache: &AttestCache) -> Option<[u8; 32]> {
@@ -233,10 +257,11 @@ fn exe_digest(pid: i32, cache: &AttestCache) -> Option<[u8; 32]> {
 }
 
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2)
-/// may contain spaces and parentheses, so fields are counted from the last `)`.
-pub fn parse_stat_start(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+/// may contain spaces, parentheses and bytes that are not UTF-8, so fields
+/// are counted from the last `)`.
+pub fn parse_stat_start(stat: &[u8]) -> Option<u64> {
+    let after_comm = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    std::str::from_utf8(after_comm).ok()?.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Effective uid and gid from `/proc/<pid>/status`.
@@ -274,9 +299,11 @@ mod tests {
 
     #[test]
     fn parses_stat_with_awkward_comm() {
-        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200 ...";
+        let stat = b"1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200 ...";
         assert_eq!(parse_stat_start(stat), Some(98765));
-        assert_eq!(parse_stat_start("garbage"), None);
+        let not_utf8 = b"1234 (\xff\xfe)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200 ...";
+        assert_eq!(parse_stat_start(not_utf8), Some(98765));
+        assert_eq!(parse_stat_start(b"garbage"), None);
     }
 
     #[test]
