@@ -93,7 +93,6 @@ impl Key {
 
 /// The contexts of one second, by the hash of their [`Inputs`]; a bucket
 /// holds every context whose inputs share that hash, compared in full.
-#[derive(Default)]
 struct Second<C> {
     unix: u64,
     len: usize,
