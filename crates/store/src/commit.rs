@@ -210,10 +210,7 @@ impl GroupCommit {
         let durable = {
             let mut waiters = self.lock_waiters();
             waiters.flushed = target;
-            let (durable, still): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut waiters.waiting).into_iter().partition(|(ticket, _)| *ticket <= target);
-            waiters.waiting = still;
-            durable
+            waiters.waiting.extract_if(.., |(ticket, _)| *ticket <= target).collect::<Vec<_>>()
         };
         for (_, tx) in durable {
             // A writer that stopped waiting (its request was dropped) is gone.
