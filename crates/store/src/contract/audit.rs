@@ -139,6 +139,27 @@ pub(super) async fn checks_made_at_a_revocation_seq_stand_until_the_next_revocat
     let older = Preconditions { tasks: Vec::new(), now: 1500, ..checked };
     let err = store.append_audit_if(event("allow"), &older).await.unwrap_err();
     assert!(matches!(&err, StoreError::Revoked(why) if why.contains("session")), "{err:?}");
+    // A risk reported after the caller's checks is a revocation too.
+    store.create_task(task(2, "gh", "s2", None), event("task.begin")).await.unwrap();
+    let alice = RiskSubject::User { sub: "alice".into(), iss: None };
+    let before_risk = Preconditions {
+        tasks: vec![tid(2)],
+        now: 1500,
+        session: Some(sid("s2")),
+        risks: vec![alice.clone()],
+        blocking_levels: blocking(),
+        checked_at_revocation: Some(store.revocation_seq()),
+    };
+    let risk = RiskRecord {
+        subject: alice,
+        level: "high".into(),
+        reason: "test".into(),
+        reported_at: 1,
+        reported_by: "admin".into(),
+    };
+    store.report_risk(risk, event("risk.report")).await.unwrap();
+    let err = store.append_audit_if(event("allow"), &before_risk).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Revoked(why) if why.contains("high")), "{err:?}");
 
     let kinds: Vec<_> = store.audit_range(1, 100).await.unwrap().into_iter().map(|r| r.event.kind).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "allow").count(), 1, "{kinds:?}");
