@@ -44,13 +44,6 @@ struct Waiters {
     waiting: Vec<(u64, oneshot::Sender<bool>)>,
 }
 
-/// The flusher's sleep, and the shutdown request.
-#[derive(Debug, Default)]
-struct Sleep {
-    /// `true` once shutdown is asked.
-    shutdown: bool,
-}
-
 /// The shared state between writers and the flusher thread.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
@@ -58,7 +51,8 @@ pub(crate) struct GroupCommit {
     requested: AtomicU64,
     /// Whether the flusher sleeps (or is about to) until a ticket is taken.
     idle: AtomicBool,
-    sleep: Mutex<Sleep>,
+    /// Guards the flusher's sleep; `true` once shutdown is asked.
+    shutdown: Mutex<bool>,
     wake: Condvar,
     waiters: Mutex<Waiters>,
     /// Set with `Waiters::closed`, read without the lock by every write.
@@ -85,7 +79,7 @@ impl GroupCommit {
         let commit = Arc::new(Self {
             requested: AtomicU64::new(0),
             idle: AtomicBool::new(false),
-            sleep: Mutex::new(Sleep::default()),
+            shutdown: Mutex::new(false),
             wake: Condvar::new(),
             waiters: Mutex::new(Waiters::default()),
             closed: AtomicBool::new(false),
@@ -108,7 +102,7 @@ impl GroupCommit {
         // SeqCst): either it sees this ticket, or this sees it idle and
         // wakes it. Taking the lock orders the wake-up after its wait began.
         if self.idle.load(Ordering::SeqCst) {
-            drop(self.lock_sleep());
+            drop(self.lock_shutdown());
             self.wake.notify_one();
         }
         ticket
@@ -166,9 +160,9 @@ impl GroupCommit {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    fn lock_sleep(&self) -> MutexGuard<'_, Sleep> {
+    fn lock_shutdown(&self) -> MutexGuard<'_, bool> {
         // The guarded flag is valid whatever a panicking holder did.
-        self.sleep.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shutdown.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_waiters(&self) -> MutexGuard<'_, Waiters> {
@@ -221,7 +215,7 @@ impl GroupCommit {
     /// Sleeps until a ticket after `flushed` is taken; `None` at shutdown
     /// once nothing is pending.
     fn next_target(&self, flushed: u64) -> Option<u64> {
-        let mut sleep = self.lock_sleep();
+        let mut shutdown = self.lock_shutdown();
         loop {
             self.idle.store(true, Ordering::SeqCst);
             let requested = self.requested.load(Ordering::SeqCst);
@@ -229,18 +223,18 @@ impl GroupCommit {
                 self.idle.store(false, Ordering::SeqCst);
                 return Some(requested);
             }
-            if sleep.shutdown {
+            if *shutdown {
                 self.idle.store(false, Ordering::SeqCst);
                 return None;
             }
-            sleep = self.wake.wait(sleep).unwrap_or_else(PoisonError::into_inner);
+            shutdown = self.wake.wait(shutdown).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        self.commit.lock_sleep().shutdown = true;
+        *self.commit.lock_shutdown() = true;
         self.commit.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             // Blocks for at most one final flush; a panicked flusher has

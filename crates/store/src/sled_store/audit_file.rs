@@ -240,11 +240,9 @@ impl AuditFile {
         Ok(())
     }
 
+    /// Fails with [`StoreError::Closed`] once a write to the file failed.
     fn check(&self) -> Result<()> {
-        match self.broken.load(Ordering::SeqCst) {
-            true => Err(StoreError::Closed),
-            false => Ok(()),
-        }
+        if self.broken.load(Ordering::SeqCst) { Err(StoreError::Closed) } else { Ok(()) }
     }
 
     /// Makes every appended line durable.
