@@ -290,33 +290,28 @@ impl Node for NodeApi {
         if requests.is_empty() || requests.len() > MAX_TASK_TOKEN_BATCH {
             return Err(ApiError::invalid("requests", format!("must hold 1-{MAX_TASK_TOKEN_BATCH} requests")).into());
         }
-        // Each on its own task, so one batch uses every core; each is
-        // charged, decided, signed and audited as if it had come alone
-        // (authenticate charged the first).
+        // Each but the first on its own task, so one batch uses every core;
+        // the first is minted here while they run (a batch of one, the usual
+        // case below saturation, costs no task). Each is charged, decided,
+        // signed and audited as if it had come alone (authenticate charged
+        // the first).
         let caller = Arc::new(caller);
-        let mints: Vec<_> = requests
-            .into_iter()
-            .enumerate()
-            .map(|(i, request)| {
+        let mut requests = requests.into_iter();
+        let first = requests.next();
+        let rest: Vec<_> = requests
+            .map(|request| {
                 let (api, caller) = (self.clone(), Arc::clone(&caller));
-                let mint = async move {
-                    let result = api.mint_one_task_token(&caller, request, i > 0).await;
-                    api.state.metrics.mint(MintKind::TaskToken, Outcome::of(&result), 1, started.elapsed());
-                    result
-                };
+                let mint = async move { api.mint_counted(&caller, request, true, started).await };
                 tokio::spawn(mint.instrument(tracing::Span::current()))
             })
             .collect();
-        let mut results = Vec::with_capacity(mints.len());
-        for mint in mints {
+        let mut results = Vec::with_capacity(rest.len() + 1);
+        if let Some(request) = first {
+            results.push(result_of(self.mint_counted(&caller, request, false, started).await));
+        }
+        for mint in rest {
             let result = mint.await.map_err(|e| ApiError::Internal(format!("a mint failed: {e}")))?;
-            results.push(match result {
-                Ok(token) => TaskTokenResult { token: Some(token), code: 0, error: String::new() },
-                Err(e) => {
-                    let status = Status::from(e);
-                    TaskTokenResult { token: None, code: status.code() as i32, error: status.message().to_owned() }
-                }
-            });
+            results.push(result_of(result));
         }
         Ok(Response::new(MintTaskTokensResponse { results }))
     }
@@ -578,6 +573,20 @@ impl NodeApi {
 
     /// One forwarded task-token request from `caller`, charged against its
     /// rate first when `charge` (a call's first request was, by authenticate).
+    /// [`mint_one_task_token`](Self::mint_one_task_token), counted in the
+    /// mint metrics from `started` (when the batch arrived).
+    async fn mint_counted(
+        &self,
+        caller: &AgentCaller,
+        request: MintTaskTokenRequest,
+        charge: bool,
+        started: std::time::Instant,
+    ) -> Result<common::TaskToken, ApiError> {
+        let result = self.mint_one_task_token(caller, request, charge).await;
+        self.state.metrics.mint(MintKind::TaskToken, Outcome::of(&result), 1, started.elapsed());
+        result
+    }
+
     async fn mint_one_task_token(
         &self,
         caller: &AgentCaller,
@@ -590,5 +599,16 @@ impl NodeApi {
         let identities = self.caller_identities(caller, &req.caller).await?;
         let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
         self.state.mint_task_token(&caller.id, &identities, &request).await
+    }
+}
+
+/// One mint's outcome as a batch answer carries it.
+fn result_of(result: Result<common::TaskToken, ApiError>) -> TaskTokenResult {
+    match result {
+        Ok(token) => TaskTokenResult { token: Some(token), code: 0, error: String::new() },
+        Err(e) => {
+            let status = Status::from(e);
+            TaskTokenResult { token: None, code: status.code() as i32, error: status.message().to_owned() }
+        }
     }
 }
