@@ -2,7 +2,8 @@
 # `lanyard bench` with all four operations against a real server and agent:
 # starts both in a temp dir (the server with a bundle endpoint), registers
 # this uid as a connector with task ceilings, begins a task, runs the bench
-# as that connector, then stops both and removes the dir.
+# as that connector, prints the CPU each process used and how busy the
+# machine was, then stops both and removes the dir.
 #
 #   scripts/bench-e2e.sh [lanyard bench flags, e.g. --duration 5s --output json]
 #
@@ -44,8 +45,19 @@ task="$("$bin" task begin --connector "$connector" --user-sub alice --user-iss h
     --ttl 1h "${admin[@]}")"
 
 echo "lanyard bench against a server and agent in $dir (binary $bin)" >&2
-"$bin" bench --socket "$socket" --op x509 --op jwt --op task-token --op verify \
+cpu_of "${pids[@]}" >"$dir/cpu.before"
+read -r busy_before total_before < <(machine_ticks)
+TIMEFORMAT='load generator: %U s user, %S s system'
+time "$bin" bench --socket "$socket" --op x509 --op jwt --op task-token --op verify \
     --task "$task" --tool "$tool" --audience "$audience" --action read \
     --bundle-url "http://$bundle_listen" "$@"
+# Where the CPU went over the run (warm-up included): the bench shares the
+# machine with the server and agent, so their cost per operation is what
+# sets its ceiling.
+cpu_of "${pids[@]}" | paste -d' ' "$dir/cpu.before" - | awk '
+    NR == 1 { name = "server" } NR == 2 { name = "agent" }
+    { printf "%s: %.2f s user, %.2f s system\n", name, $5 - $2, $6 - $3 }' >&2
+read -r busy_after total_after < <(machine_ticks)
+echo "machine: $(( 100 * (busy_after - busy_before) / (total_after - total_before) ))% busy over the run" >&2
 # The store's commit latency over the run.
 commit_latency "$bundle_listen" store >&2

@@ -46,3 +46,17 @@ count, total = values.get("lanyard_store_commit_duration_seconds_count", 0), val
 print(f"{sys.argv[2]}: {count:.0f} commits, mean commit {1e3 * total / max(count, 1):.2f} ms")
 PY
 }
+
+# CPU seconds (user and system) each PID in "$@" has used so far, one
+# "pid user system" line each, from /proc/<pid>/stat (clock ticks of 1/100 s).
+cpu_of() {
+    for pid in "$@"; do
+        # Field 2, the command name, may hold spaces: count from after its ')'.
+        sed 's/.*) //' "/proc/$pid/stat" | awk -v pid="$pid" '{print pid, $12 / 100, $13 / 100}'
+    done
+}
+
+# Busy and total ticks of the whole machine so far, from /proc/stat.
+machine_ticks() {
+    head -1 /proc/stat | awk '{busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6}'
+}
