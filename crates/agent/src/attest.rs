@@ -3,15 +3,19 @@
 //!
 //! The uid, gid and pid come from `SO_PEERCRED`, captured by the kernel when
 //! the peer connected. Everything else is read from `/proc/<pid>`, which
-//! names whatever process holds that pid *now*; so the process's start time
-//! is read before and after, and must not be later than the moment the
-//! connection was accepted. A process that exited and had its pid reused by
-//! a newer one fails that check instead of inheriting an identity.
+//! names whatever process holds that pid *now*. At the accept the process
+//! is pinned with a pidfd, if it started no later than the accept: from then
+//! on a call checks the pidfd (has the process exited?) instead of reading
+//! its start time again, and a pid reused by a newer process can never pass
+//! for it. Without a pidfd (an older kernel, or a process that started after
+//! the accept) the start time is read before and after on every call, and a
+//! process that started after the accept is refused.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use lanyard_core::Selector;
 use ring::digest::{Context, SHA256};
@@ -27,7 +31,7 @@ pub const REATTEST_AFTER: std::time::Duration = std::time::Duration::from_secs(1
 pub const RECENT_CACHE_SIZE: usize = 4096;
 
 /// The peer of a Workload API connection, from the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct PeerInfo {
     /// Process id at connect time.
     pub pid: i32,
@@ -37,6 +41,45 @@ pub struct PeerInfo {
     pub gid: u32,
     /// Boot-clock ticks when the connection was accepted.
     pub accepted_at_ticks: u64,
+    /// The process itself, when it could be pinned at the accept.
+    pinned: Option<Pinned>,
+}
+
+/// A peer process held by a pidfd, and its start time.
+#[derive(Clone, Debug)]
+struct Pinned {
+    pidfd: Arc<OwnedFd>,
+    start: u64,
+}
+
+impl PeerInfo {
+    /// The peer of a connection just accepted, as `SO_PEERCRED` names it,
+    /// pinned by a pidfd when the process holding `pid` now had started by
+    /// `accepted_at_ticks` (and so is the one that connected).
+    pub fn accepted(pid: i32, uid: u32, gid: u32, accepted_at_ticks: u64) -> Self {
+        let mut peer = Self { pid, uid, gid, accepted_at_ticks, pinned: None };
+        peer.pinned = pin(&peer);
+        peer
+    }
+}
+
+/// A pidfd for the peer, with its start time: `None` if the process is gone,
+/// started after the accept, or cannot be opened (pidfds need Linux 5.3).
+fn pin(peer: &PeerInfo) -> Option<Pinned> {
+    let pid = rustix::process::Pid::from_raw(peer.pid)?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let start = start_ticks(peer.pid).ok()?;
+    // The start time read was the pinned process's only if it still runs
+    // (a pid is not reused before its process is reaped).
+    let pinned = Pinned { pidfd: Arc::new(pidfd), start };
+    (start <= peer.accepted_at_ticks + 1 && running(&pinned)).then_some(pinned)
+}
+
+/// Whether the pinned process has not exited: its pidfd turns readable when it does.
+fn running(pinned: &Pinned) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&*pinned.pidfd, PollFlags::IN)];
+    matches!(rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
 }
 
 /// Why a caller could not be attested.
@@ -114,25 +157,36 @@ impl NameDb {
 /// Attests the connection's peer: the selectors that describe it. The
 /// executable is hashed only when `need_digest` (some entry asks for it).
 ///
-/// A full attestation reads the process's start time, credentials,
-/// executable and start time again (a dozen syscalls). Within
+/// A full attestation reads the process's credentials and executable, and
+/// checks that the process still holds the pid (a dozen syscalls). Within
 /// [`REATTEST_AFTER`] of one, a call from the same process — same pid and
 /// start time, same connection credentials, same executable — reuses it,
-/// checking only the start time and the executable (four syscalls). A
+/// checking only the executable and that the process still holds the pid
+/// (two syscalls with a pidfd: readlink and poll; four without). A
 /// process that replaced its binary (exec) is attested afresh at once; one
 /// that changed credentials without exec is caught within a second, as it
 /// would be at its next connection.
-pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) -> Result<Vec<Selector>, AttestError> {
+pub fn attest(peer: Option<&PeerInfo>, need_digest: bool, cache: &AttestCache) -> Result<Vec<Selector>, AttestError> {
     let peer = peer.ok_or(AttestError::NoCredentials)?;
     let pid = peer.pid;
-    let start = start_ticks(pid)?;
-    // Start times are truncated to ticks, the accept time too: allow one tick.
-    if start > peer.accepted_at_ticks + 1 {
-        return Err(AttestError::PidReused(pid));
-    }
+    let start = match &peer.pinned {
+        Some(pinned) => pinned.start,
+        None => {
+            let start = start_ticks(pid)?;
+            // Start times are truncated to ticks, the accept time too: allow one tick.
+            if start > peer.accepted_at_ticks + 1 {
+                return Err(AttestError::PidReused(pid));
+            }
+            start
+        }
+    };
     // The executable is readable only with the process's uid or privilege;
     // without it the caller simply has no path or digest selectors.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    if peer.pinned.is_some() {
+        // What /proc/<pid> showed was the pinned process's if it still runs.
+        still_the_peer(peer, start)?;
+    }
     let key = (pid, start, peer.uid, peer.gid);
     if let Ok(recent) = cache.recent.lock()
         && let Some(hit) = recent.get(&key)
@@ -142,7 +196,7 @@ pub fn attest(peer: Option<PeerInfo>, need_digest: bool, cache: &AttestCache) ->
     {
         return Ok(hit.selectors.clone());
     }
-    let selectors = attest_fully(&peer, start, exe.as_deref(), need_digest, cache)?;
+    let selectors = attest_fully(peer, start, exe.as_deref(), need_digest, cache)?;
     if let Ok(mut recent) = cache.recent.lock() {
         if recent.len() >= RECENT_CACHE_SIZE {
             recent.clear();
@@ -183,10 +237,19 @@ fn attest_fully(
         }
     }
     // The same process must still hold the pid after all those reads.
-    if start_ticks(pid)? != start {
-        return Err(AttestError::PidReused(pid));
-    }
+    still_the_peer(peer, start)?;
     Ok(selectors)
+}
+
+/// Fails unless the process that started at `start` still holds the peer's
+/// pid: the pidfd says so when the peer is pinned, its start time otherwise.
+fn still_the_peer(peer: &PeerInfo, start: u64) -> Result<(), AttestError> {
+    match &peer.pinned {
+        Some(pinned) if running(pinned) => Ok(()),
+        Some(_) => Err(AttestError::Gone(peer.pid)),
+        None if start_ticks(peer.pid)? == start => Ok(()),
+        None => Err(AttestError::PidReused(peer.pid)),
+    }
 }
 
 /// Boot-clock ticks now (`/proc/uptime`, the clock `/proc/<pid>/stat` counts in).
@@ -333,8 +396,12 @@ mod tests {
         let me = std::process::id() as i32;
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
-        let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: boot_ticks().unwrap() };
-        let selectors = attest(Some(peer), true, &AttestCache::default()).unwrap();
+        let peer = PeerInfo::accepted(me, uid, gid, boot_ticks().unwrap());
+        assert!(peer.pinned.is_some(), "a process that started before the accept is pinned");
+        // Pinned, and without a pidfd (the start time read on every call): the same selectors.
+        let selectors = attest(Some(&peer), true, &AttestCache::default()).unwrap();
+        let unpinned = PeerInfo { pinned: None, ..peer.clone() };
+        assert_eq!(attest(Some(&unpinned), true, &AttestCache::default()).unwrap(), selectors);
         assert!(selectors.contains(&Selector::Uid(uid)));
         assert!(selectors.contains(&Selector::Gid(gid)));
         let exe = std::env::current_exe().unwrap();
@@ -348,8 +415,9 @@ mod tests {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
         // The connection "was accepted" before this process started.
-        let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: 0 };
-        assert!(matches!(attest(Some(peer), false, &AttestCache::default()), Err(AttestError::PidReused(_))));
+        let peer = PeerInfo::accepted(me, uid, gid, 0);
+        assert!(peer.pinned.is_none(), "a process that started after the accept is not pinned");
+        assert!(matches!(attest(Some(&peer), false, &AttestCache::default()), Err(AttestError::PidReused(_))));
     }
 
     #[test]
@@ -357,24 +425,24 @@ mod tests {
         let me = std::process::id() as i32;
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
-        let peer = PeerInfo { pid: me, uid, gid, accepted_at_ticks: boot_ticks().unwrap() };
+        let peer = PeerInfo::accepted(me, uid, gid, boot_ticks().unwrap());
         let cache = AttestCache::default();
-        let first = attest(Some(peer), false, &cache).unwrap();
+        let first = attest(Some(&peer), false, &cache).unwrap();
         assert_eq!(cache.recent.lock().unwrap().len(), 1);
-        assert_eq!(attest(Some(peer), false, &cache).unwrap(), first);
+        assert_eq!(attest(Some(&peer), false, &cache).unwrap(), first);
         // Asking for a digest the cached attestation did not take attests again.
-        let with_digest = attest(Some(peer), true, &cache).unwrap();
+        let with_digest = attest(Some(&peer), true, &cache).unwrap();
         assert!(with_digest.iter().any(|s| matches!(s, Selector::Sha256(_))));
         // An entry for another executable is not reused.
         let key = *cache.recent.lock().unwrap().keys().next().unwrap();
         cache.recent.lock().unwrap().get_mut(&key).unwrap().exe = Some("/usr/bin/other".into());
-        let again = attest(Some(peer), true, &cache).unwrap();
+        let again = attest(Some(&peer), true, &cache).unwrap();
         assert_eq!(again, with_digest);
         assert_ne!(cache.recent.lock().unwrap()[&key].exe.as_deref(), Some(std::path::Path::new("/usr/bin/other")));
         // A stale one is not reused either.
         cache.recent.lock().unwrap().get_mut(&key).unwrap().at -= REATTEST_AFTER;
         cache.recent.lock().unwrap().get_mut(&key).unwrap().selectors.clear();
-        assert_eq!(attest(Some(peer), true, &cache).unwrap(), with_digest);
+        assert_eq!(attest(Some(&peer), true, &cache).unwrap(), with_digest);
     }
 
     #[test]
@@ -382,8 +450,30 @@ mod tests {
         let me = std::process::id() as i32;
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let (uid, gid) = parse_status_ids(&status).unwrap();
-        let peer = PeerInfo { pid: me, uid: uid.wrapping_add(1), gid, accepted_at_ticks: boot_ticks().unwrap() };
-        assert!(matches!(attest(Some(peer), false, &AttestCache::default()), Err(AttestError::CredentialsChanged(_))));
+        let peer = PeerInfo::accepted(me, uid.wrapping_add(1), gid, boot_ticks().unwrap());
+        assert!(matches!(attest(Some(&peer), false, &AttestCache::default()), Err(AttestError::CredentialsChanged(_))));
         assert!(matches!(attest(None, false, &AttestCache::default()), Err(AttestError::NoCredentials)));
+    }
+
+    #[test]
+    fn a_pinned_process_that_exits_is_gone_whether_or_not_it_was_reaped() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (uid, gid) = parse_status_ids(&status).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let peer = PeerInfo::accepted(pid, uid, gid, boot_ticks().unwrap());
+        assert!(peer.pinned.is_some());
+        let cache = AttestCache::default();
+        assert!(attest(Some(&peer), false, &cache).unwrap().contains(&Selector::Uid(uid)));
+        child.kill().unwrap();
+        // Exited but not reaped: the pid still names it (a zombie), and the
+        // recent attestation in the cache must not be reused for it.
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z ") {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(matches!(attest(Some(&peer), false, &cache), Err(AttestError::Gone(p)) if p == pid));
+        // Reaped: the pid is free for any new process, which is never taken for this one.
+        child.wait().unwrap();
+        assert!(matches!(attest(Some(&peer), false, &cache), Err(AttestError::Gone(p)) if p == pid));
     }
 }

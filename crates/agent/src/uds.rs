@@ -27,7 +27,7 @@ pub(crate) struct PeerStream {
 impl Connected for PeerStream {
     type ConnectInfo = Option<PeerInfo>;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer
+        self.peer.clone()
     }
 }
 
@@ -88,14 +88,10 @@ pub(crate) fn incoming(listener: UnixListener) -> ReceiverStream<io::Result<Peer
         loop {
             let result = listener.accept().await.map(|(stream, _)| {
                 let accepted_at = boot_ticks().ok();
-                let peer = stream.peer_cred().ok().and_then(|cred| {
-                    Some(PeerInfo {
-                        pid: cred.pid()?,
-                        uid: cred.uid(),
-                        gid: cred.gid(),
-                        accepted_at_ticks: accepted_at?,
-                    })
-                });
+                let peer = stream
+                    .peer_cred()
+                    .ok()
+                    .and_then(|cred| Some(PeerInfo::accepted(cred.pid()?, cred.uid(), cred.gid(), accepted_at?)));
                 PeerStream { inner: stream, peer }
             });
             if let Err(e) = &result {

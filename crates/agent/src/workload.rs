@@ -120,7 +120,7 @@ impl WorkloadApi {
 
     /// Attests the caller; its selectors.
     async fn attest<T>(&self, req: &Request<T>, snap: &Snapshot) -> Result<Vec<Selector>, Status> {
-        let peer = req.extensions().get::<Option<PeerInfo>>().copied().flatten();
+        let peer = req.extensions().get::<Option<PeerInfo>>().and_then(Option::as_ref);
         if let Some(p) = peer {
             tracing::Span::current().record("pid", p.pid).record("uid", p.uid);
             if let Some(limiter) = &self.limiter
@@ -134,7 +134,8 @@ impl WorkloadApi {
         let attested = if snap.needs_digest() {
             // Hashing an executable can take a while the first time: off the async threads.
             let cache = Arc::clone(&self.attest_cache);
-            tokio::task::spawn_blocking(move || attest::attest(peer, true, &cache))
+            let peer = peer.cloned();
+            tokio::task::spawn_blocking(move || attest::attest(peer.as_ref(), true, &cache))
                 .await
                 .map_err(|_| Status::internal("attestation task failed"))?
         } else {
@@ -168,7 +169,7 @@ impl WorkloadApi {
 
     /// A place for one more stream of the caller's process.
     fn stream_slot<T>(&self, req: &Request<T>) -> Result<Option<StreamSlot>, Status> {
-        match req.extensions().get::<Option<PeerInfo>>().copied().flatten() {
+        match req.extensions().get::<Option<PeerInfo>>().and_then(Option::as_ref) {
             Some(peer) => self.streams.take(peer.pid),
             None => Ok(None),
         }
