@@ -57,6 +57,8 @@ impl Agent {
             .mode(0o700)
             .create(&config.data_dir)
             .map_err(|e| AgentError::DataDir(config.data_dir.clone(), e.to_string()))?;
+        let fds = uds::raise_fd_limit();
+        tracing::info!(soft = ?fds.current, hard = ?fds.maximum, "open descriptor limit");
         let listener = uds::bind(&config.socket).map_err(|e| AgentError::Socket(config.socket.clone(), e))?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await.map_err(|e| AgentError::Listen(addr, e))?),

@@ -106,3 +106,37 @@ pub(crate) fn incoming(listener: UnixListener) -> ReceiverStream<io::Result<Peer
     });
     ReceiverStream::new(rx)
 }
+
+/// Raises the soft limit on open descriptors to the hard one, as Go's
+/// runtime does for SPIRE's agent: each Workload API connection holds two
+/// (its socket and its peer's pidfd), and the common soft limit of 1,024
+/// would stop the agent near 500 connections. The limit in force after.
+pub(crate) fn raise_fd_limit() -> rustix::process::Rlimit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // No hard limit (None) cannot be the soft one for descriptors: leave it.
+    if let Some(hard) = limit.maximum
+        && limit.current != Some(hard)
+        && let Err(e) = setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) })
+    {
+        tracing::warn!(error = %e, hard, "could not raise the open descriptor limit");
+    }
+    getrlimit(Resource::Nofile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let before = getrlimit(Resource::Nofile);
+        let Some(hard) = before.maximum else { return };
+        // Lowered by one first (not further: other tests in this process
+        // hold descriptors), so the raise is exercised whatever the runner set.
+        setrlimit(Resource::Nofile, Rlimit { current: Some(hard - 1), maximum: Some(hard) }).unwrap();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard - 1));
+        assert_eq!(raise_fd_limit().current, Some(hard));
+    }
+}
