@@ -56,8 +56,9 @@ fn bench_without_an_agent_fails_on_one_line() {
 }
 
 /// Workloads asking at once: the agent sends their task-token requests to
-/// the server in MintTaskTokens calls of several (its metrics say how many
-/// calls and requests), and every workload gets its own answer.
+/// the server in batches of several on its MintTaskTokens stream (its
+/// metrics say how many batches and requests), and every workload gets its
+/// own answer.
 #[test]
 fn concurrent_task_token_requests_reach_the_server_in_batches() {
     let port = free_port();

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use lanyard_proto::workload::{X509svidRequest, X509svidResponse};
 
 use crate::harness::{
-    COMMAND_TIMEOUT, SVID_TIMEOUT, Served, TestAgent, TestServer, fetch_x509, lanyard, own_selector, run, served,
-    spiffe_id, wait_served, with_header, workload_client,
+    COMMAND_TIMEOUT, GITHUB, SEARCH, SVID_TIMEOUT, Served, TaskRig, TaskSpec, TestAgent, TestServer, fetch_x509,
+    lanyard, own_selector, run, served, spiffe_id, wait_served, with_header, workload_client,
 };
 
 fn secs(t: SystemTime) -> f64 {
@@ -190,6 +190,20 @@ async fn server_stops_promptly_on_sigterm_with_an_agent_connected() {
 
     let stopping = Instant::now();
     let status = server.stop();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "the server took {took:?} to stop on SIGTERM");
+}
+
+#[test]
+fn server_stops_promptly_on_sigterm_with_a_task_token_stream_open() {
+    // The agent keeps its MintTaskTokens stream open after the first token;
+    // a graceful stop must end it rather than wait for the agent.
+    let mut rig = TaskRig::start(&[], &[]);
+    let task = rig.begin(&TaskSpec::default());
+    rig.token(&task, GITHUB, &[SEARCH], "read");
+    let stopping = Instant::now();
+    let status = rig.server.stop();
     let took = stopping.elapsed();
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(5), "the server took {took:?} to stop on SIGTERM");

@@ -34,7 +34,7 @@ pub(crate) struct AgentMetrics {
     pub(crate) svids: AtomicU64,
     /// Registration entries held.
     pub(crate) entries: AtomicU64,
-    /// MintTaskTokens calls sent to the server.
+    /// Batches sent to the server on the MintTaskTokens stream.
     pub(crate) task_token_batches: Counter,
     /// Task-token requests sent in them.
     pub(crate) task_token_batched: Counter,
@@ -80,7 +80,7 @@ impl AgentMetrics {
         e.sample(name, &[("reason", "first")], self.first_mints.get());
         e.sample(name, &[("reason", "rotation")], self.rotations.get());
         let name = "lanyard_agent_task_token_batches_total";
-        e.family(name, "counter", "MintTaskTokens calls sent to the server.");
+        e.family(name, "counter", "Task-token batches sent to the server (MintTaskTokens stream messages).");
         e.sample(name, &[], self.task_token_batches.get());
         let name = "lanyard_agent_task_token_batched_total";
         e.family(name, "counter", "Task-token requests sent in them (divided by the calls: the mean batch).");

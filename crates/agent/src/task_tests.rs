@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use lanyard_ca::csr;
 use lanyard_proto::admin::{
-    EndTaskRequest as AdminEndTask, GetEntryRequest, QueryAuditRequest, ReportRiskRequest, RevokeSessionRequest,
-    RiskSubject, UpdateEntryRequest,
+    BanAgentRequest, EndTaskRequest as AdminEndTask, GetEntryRequest, QueryAuditRequest, ReportRiskRequest,
+    RevokeSessionRequest, RiskSubject, UpdateEntryRequest,
 };
 use lanyard_proto::agent::{BeginTaskRequest, DelegateTaskRequest, FetchTaskTokenRequest};
 use lanyard_proto::common::{Entry, TaskSpec, TaskToken};
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
-    CallerIdentity, MintTaskTokenRequest, MintTaskTokensRequest, MintX509SvidsRequest, NodeBeginTaskRequest,
-    NodeDelegateTaskRequest, X509SvidRequest,
+    CallerIdentity, MintTaskTokenRequest, MintTaskTokensRequest, MintTaskTokensResponse, MintX509SvidsRequest,
+    NodeBeginTaskRequest, NodeDelegateTaskRequest, TaskTokenResult, X509SvidRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -156,6 +156,16 @@ impl World {
             ttl_seconds: 0,
         };
         MintTaskTokenRequest { caller: vec![self.github.clone()], request: Some(request) }
+    }
+
+    /// Sends `requests` as one batch on a new MintTaskTokens stream: its results.
+    async fn mint_batch(&mut self, requests: Vec<MintTaskTokenRequest>) -> Result<Vec<TaskTokenResult>, Status> {
+        let batch = MintTaskTokensRequest { requests, batch: 7 };
+        let mut answers = self.node.mint_task_tokens(tokio_stream::iter([batch])).await?.into_inner();
+        let answer = answers.message().await?.expect("an answer before the stream ends");
+        assert_eq!(answer.batch, 7, "the answer names its batch");
+        assert!(answers.message().await?.is_none(), "the stream ends once the agent closed its side");
+        Ok(answer.results)
     }
 
     async fn mint(&mut self, task: &str, tools: &[&str]) -> Result<TaskToken, Status> {
@@ -366,7 +376,7 @@ async fn a_batch_answers_each_request_as_alone_in_order_and_audits_each() {
         w.request(&task, &["forbidden.tool"]),
         w.request(&task, &["search"]),
     ];
-    let results = w.node.mint_task_tokens(MintTaskTokensRequest { requests }).await.unwrap().into_inner().results;
+    let results = w.mint_batch(requests).await.unwrap();
     let summary: Vec<_> = results.iter().map(|r| (Code::from_i32(r.code), r.token.is_some())).collect();
     assert_eq!(
         summary,
@@ -386,13 +396,139 @@ async fn a_batch_answers_each_request_as_alone_in_order_and_audits_each() {
     // (the request with nothing in it is refused before any decision).
     assert_eq!(w.audit_count("tasktoken.mint").await, audited_before + 4);
 
-    // The call itself is refused when empty or too large.
+    // The stream is ended when a batch is empty or too large.
     for n in [0, 257] {
         let requests = vec![w.request(&task, &["search"]); n];
-        let status = w.node.mint_task_tokens(MintTaskTokensRequest { requests }).await.unwrap_err();
+        let status = w.mint_batch(requests).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{n}: {status:?}");
         assert!(status.message().contains("1-256"), "{status:?}");
     }
+}
+
+/// A MintTaskTokens stream the test writes batches into.
+struct OpenStream {
+    batches: tokio::sync::mpsc::Sender<MintTaskTokensRequest>,
+    answers: tonic::Streaming<MintTaskTokensResponse>,
+}
+
+impl OpenStream {
+    async fn open(w: &mut World) -> Self {
+        let (batches, rx) = tokio::sync::mpsc::channel(8);
+        let answers =
+            w.node.mint_task_tokens(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        Self { batches, answers }
+    }
+
+    async fn send(&self, batch: u64, requests: Vec<MintTaskTokenRequest>) {
+        self.batches.send(MintTaskTokensRequest { requests, batch }).await.unwrap();
+    }
+
+    /// The next `n` answers, by batch number.
+    async fn answers(&mut self, n: usize) -> std::collections::BTreeMap<u64, Vec<TaskTokenResult>> {
+        let mut out = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let answer = self.answers.message().await.unwrap().expect("an answer");
+            assert!(out.insert(answer.batch, answer.results).is_none(), "batch {} answered twice", answer.batch);
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn one_stream_answers_each_batch_by_its_number() {
+    let mut w = World::new().await;
+    let task = w.begin(&["search"], "read", "s1").await;
+    let mut stream = OpenStream::open(&mut w).await;
+    stream.send(1, vec![w.request(&task, &["search"]); 3]).await;
+    stream.send(2, vec![w.request(&task, &["create"])]).await;
+    stream.send(3, vec![w.request(&task, &["search"])]).await;
+    let answers = stream.answers(3).await;
+    let codes = |b: u64| answers[&b].iter().map(|r| Code::from_i32(r.code)).collect::<Vec<_>>();
+    assert_eq!(codes(1), [Code::Ok; 3]);
+    assert_eq!(codes(2), [Code::PermissionDenied]);
+    assert_eq!(codes(3), [Code::Ok]);
+    // Closing the agent's side ends the stream cleanly.
+    drop(stream.batches);
+    assert!(stream.answers.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_stream_outlives_neither_a_ban_nor_the_agent_svid() {
+    // Each batch authenticates the agent again: a stream opened before the
+    // ban, or while the agent's SVID was valid, mints nothing after.
+    let mut w = World::new().await;
+    let task = w.begin(&["search"], "read", "s1").await;
+    let mut stream = OpenStream::open(&mut w).await;
+    stream.send(1, vec![w.request(&task, &["search"])]).await;
+    assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+    let minted = w.audit_count("tasktoken.mint").await;
+    w.f.admin.ban_agent(BanAgentRequest { spiffe_id: AGENT.into() }).await.unwrap();
+    stream.send(2, vec![w.request(&task, &["search"])]).await;
+    let status = stream.answers.message().await.expect_err("the stream ends");
+    assert_eq!((status.code(), status.message()), (Code::PermissionDenied, "agent is banned"));
+    assert_eq!(w.audit_count("tasktoken.mint").await, minted, "nothing decided for a banned agent");
+
+    let mut w = World::new().await;
+    let task = w.begin(&["search"], "read", "s1").await;
+    let mut stream = OpenStream::open(&mut w).await;
+    stream.send(1, vec![w.request(&task, &["search"])]).await;
+    assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+    // The agent SVID lives an hour; the TLS connection would live on.
+    *w.f.clock.0.lock().unwrap() += Duration::from_secs(3601);
+    stream.send(2, vec![w.request(&task, &["search"])]).await;
+    let status = stream.answers.message().await.expect_err("the stream ends");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("agent SVID has expired"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_ends_an_open_stream_without_waiting_for_the_agent() {
+    let mut w = World::new().await;
+    let task = w.begin(&["search"], "read", "s1").await;
+    let mut stream = OpenStream::open(&mut w).await;
+    stream.send(1, vec![w.request(&task, &["search"])]).await;
+    assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+    // The test keeps its side open, as an agent between batches does.
+    w.f.stop_server();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.answers.message()).await;
+    let status = ended.expect("the stream ends at once").expect_err("with a status");
+    assert_eq!((status.code(), status.message()), (Code::Unavailable, "server is shutting down"));
+}
+
+#[tokio::test]
+async fn the_agent_moves_to_a_new_stream_when_its_connection_changes_and_fails_over_cleanly() {
+    let mut w = World::new().await;
+    let task = w.begin(&["search"], "read", "s1").await;
+    let (client, watched) = tokio::sync::watch::channel(Some(w.node.clone()));
+    let metrics = std::sync::Arc::new(crate::metrics::AgentMetrics::default());
+    let batcher = crate::mint_batch::MintBatcher::start(watched, std::sync::Arc::clone(&metrics));
+    let request = w.request(&task, &["search"]);
+    batcher.mint(request.clone()).await.unwrap();
+
+    // Over another agent's connection the same request is not this agent's
+    // to make: the refusal shows the batch went on a new stream there.
+    let (other, _) = w.f.agent("node2").await;
+    client.send_replace(Some(other));
+    let status = batcher.mint(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("is not served by this agent"), "{status:?}");
+    client.send_replace(Some(w.node.clone()));
+    batcher.mint(request.clone()).await.unwrap();
+    // Many at once still each get their own answer.
+    let mut many = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (batcher, request) = (batcher.clone(), request.clone());
+        many.spawn(async move { batcher.mint(request).await });
+    }
+    let answers = many.join_all().await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(metrics.task_token_batched.get(), 43);
+
+    // With the server gone, requests fail rather than wait.
+    w.f.stop_server();
+    let failed = tokio::time::timeout(Duration::from_secs(15), batcher.mint(request.clone())).await;
+    let status = failed.expect("an answer, not a wait").unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
 #[tokio::test]
@@ -403,7 +539,7 @@ async fn a_batch_is_charged_per_request_against_the_agent_rate() {
     let task = w.begin(&["search"], "read", "s1").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let requests = vec![w.request(&task, &["search"]); 30];
-    let results = w.node.mint_task_tokens(MintTaskTokensRequest { requests }).await.unwrap().into_inner().results;
+    let results = w.mint_batch(requests).await.unwrap();
     let codes: Vec<_> = results.iter().map(|r| Code::from_i32(r.code)).collect();
     let allowed = codes.iter().filter(|c| **c == Code::Ok).count();
     assert!((20..=21).contains(&allowed), "{codes:?}");

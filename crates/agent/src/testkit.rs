@@ -35,7 +35,7 @@ pub(crate) struct Fixture {
     pub(crate) td: TrustDomain,
     pub(crate) roots: Vec<Vec<u8>>,
     pub(crate) clock: TestClock,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub(crate) async fn fixture() -> Fixture {
@@ -76,11 +76,16 @@ pub(crate) async fn fixture_with(tweak: impl FnOnce(&mut ServerConfig)) -> Fixtu
         td: "example.org".parse().unwrap(),
         roots: bundle.x509_authorities,
         clock,
-        _stop: stop,
+        stop: Some(stop),
     }
 }
 
 impl Fixture {
+    /// Asks the server to shut down gracefully.
+    pub(crate) fn stop_server(&mut self) {
+        self.stop.take();
+    }
+
     pub(crate) async fn token(&mut self, name: &str, ttl: u32) -> String {
         let req = CreateJoinTokenRequest { name: name.into(), ttl_seconds: ttl };
         self.admin.create_join_token(req).await.unwrap().into_inner().token

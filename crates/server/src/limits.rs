@@ -6,8 +6,12 @@ pub(crate) const NODE_MAX_MESSAGE: usize = 1024 * 1024;
 pub(crate) const ADMIN_MAX_MESSAGE: usize = 1024 * 1024;
 /// Most CSRs in one MintX509Svids call.
 pub(crate) const MAX_X509_BATCH: usize = 500;
-/// Most requests in one MintTaskTokens call.
+/// Most requests in one batch of a MintTaskTokens stream.
 pub(crate) const MAX_TASK_TOKEN_BATCH: usize = 256;
+/// Most batches of one MintTaskTokens stream being minted at once; beyond
+/// it the server stops reading the stream, and HTTP/2 flow control holds
+/// the agent back.
+pub(crate) const MAX_STREAM_BATCHES: usize = 64;
 /// Most entries in one SyncEntries message (keeps each far below 4 MiB).
 pub(crate) const SYNC_CHUNK: usize = 500;
 /// Default and largest page of ListEntries.

@@ -17,14 +17,15 @@ use lanyard_proto::node::{
 };
 use lanyard_proto::{agent, common};
 use lanyard_store::{AgentRecord, AuditEvent};
-use tokio::sync::mpsc;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::convert::{bundle_to_proto, entry_to_proto, parse_entry_id, secs_i64};
-use crate::limits::{MAX_CALLER_IDENTITIES, MAX_TASK_TOKEN_BATCH, MAX_X509_BATCH, SYNC_CHUNK};
+use crate::limits::{MAX_CALLER_IDENTITIES, MAX_STREAM_BATCHES, MAX_TASK_TOKEN_BATCH, MAX_X509_BATCH, SYNC_CHUNK};
 use crate::metrics::{MintKind, Outcome};
 use crate::state::State;
 use crate::status::ApiError;
@@ -43,20 +44,28 @@ struct AgentCaller {
 }
 
 impl NodeApi {
-    /// Authenticates the caller from its TLS client certificate: an agent SVID
-    /// (already chain-checked by rustls) of a known, unbanned agent, and the
-    /// newest one issued to it.
+    /// Authenticates the caller from its TLS client certificate and charges
+    /// the call to its `--agent-rate`.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentCaller, ApiError> {
-        let certs =
-            req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(TlsConnectInfo::peer_certs).ok_or_else(
-                || ApiError::Unauthenticated("an agent SVID (TLS client certificate) is required".into()),
-            )?;
+        let caller = self.agent_of(&peer_certs(req)?).await?;
+        self.charge(&caller.id)?;
+        Ok(caller)
+    }
+
+    /// The agent presenting `certs` (already chain-checked by rustls at the
+    /// handshake): an agent SVID still valid now, of a known, unbanned
+    /// agent, and the newest one issued to it. Checked again for every
+    /// batch of a stream, which may outlive a ban, a renewal or the SVID.
+    async fn agent_of(&self, certs: &[CertificateDer<'static>]) -> Result<AgentCaller, ApiError> {
         let leaf = certs.first().ok_or_else(|| ApiError::Unauthenticated("empty client certificate chain".into()))?;
         let info = self.state.agent_leaves.inspect(leaf).map_err(|e| ApiError::PermissionDenied(e.to_string()))?;
         if ids::agent_name(&self.state.td, &info.spiffe_id).is_none() {
             return Err(ApiError::PermissionDenied(format!("{} is not an agent", info.spiffe_id)));
         }
         tracing::Span::current().record("caller", info.spiffe_id.as_str());
+        if info.not_after <= self.state.now() {
+            return Err(ApiError::Unauthenticated("agent SVID has expired; reconnect with a renewed one".into()));
+        }
         let record = self
             .state
             .store
@@ -66,7 +75,6 @@ impl NodeApi {
         if record.banned {
             return Err(ApiError::PermissionDenied("agent is banned".into()));
         }
-        self.charge(&info.spiffe_id)?;
         if record.svid_serial != info.serial {
             return Err(ApiError::PermissionDenied(
                 "agent SVID has been superseded; reconnect with the newest one".into(),
@@ -165,6 +173,7 @@ impl NodeApi {
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send>>;
+type MintStream = Pin<Box<dyn Stream<Item = Result<MintTaskTokensResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Node for NodeApi {
@@ -278,42 +287,20 @@ impl Node for NodeApi {
         Ok(result?)
     }
 
+    type MintTaskTokensStream = MintStream;
+
     async fn mint_task_tokens(
         &self,
-        req: Request<MintTaskTokensRequest>,
-    ) -> Result<Response<MintTaskTokensResponse>, Status> {
-        let started = std::time::Instant::now();
-        let caller = self.authenticate(&req).await.inspect_err(|e| {
-            self.state.metrics.mint(MintKind::TaskToken, Outcome::of_error(e), 1, started.elapsed());
-        })?;
-        let requests = req.into_inner().requests;
-        if requests.is_empty() || requests.len() > MAX_TASK_TOKEN_BATCH {
-            return Err(ApiError::invalid("requests", format!("must hold 1-{MAX_TASK_TOKEN_BATCH} requests")).into());
-        }
-        // Each but the first on its own task, so one batch uses every core;
-        // the first is minted here while they run (a batch of one, the usual
-        // case below saturation, costs no task). Each is charged, decided,
-        // signed and audited as if it had come alone (authenticate charged
-        // the first).
-        let caller = Arc::new(caller);
-        let mut requests = requests.into_iter();
-        let first = requests.next();
-        let rest: Vec<_> = requests
-            .map(|request| {
-                let (api, caller) = (self.clone(), Arc::clone(&caller));
-                let mint = async move { api.mint_counted(&caller, request, true, started).await };
-                tokio::spawn(mint.instrument(tracing::Span::current()))
-            })
-            .collect();
-        let mut results = Vec::with_capacity(rest.len() + 1);
-        if let Some(request) = first {
-            results.push(result_of(self.mint_counted(&caller, request, false, started).await));
-        }
-        for mint in rest {
-            let result = mint.await.map_err(|e| ApiError::Internal(format!("a mint failed: {e}")))?;
-            results.push(result_of(result));
-        }
-        Ok(Response::new(MintTaskTokensResponse { results }))
+        req: Request<Streaming<MintTaskTokensRequest>>,
+    ) -> Result<Response<MintStream>, Status> {
+        let certs = peer_certs(&req)?;
+        // Refused at the open too, so a stranger learns nothing from a stream
+        // that only fails at its first batch.
+        let caller = self.agent_of(&certs).await?;
+        let (tx, rx) = mpsc::channel(MAX_STREAM_BATCHES);
+        let span = tracing::info_span!("task_tokens", agent = %caller.id);
+        tokio::spawn(self.clone().serve_mint_stream(certs, req.into_inner(), tx).instrument(span));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn delegate_task(
@@ -568,38 +555,123 @@ impl NodeApi {
         req: Request<MintTaskTokenRequest>,
     ) -> Result<Response<common::TaskToken>, ApiError> {
         let caller = self.authenticate(&req).await?;
-        Ok(Response::new(self.mint_one_task_token(&caller, req.into_inner(), false).await?))
+        Ok(Response::new(self.mint_one_task_token(&caller, req.into_inner()).await?))
     }
 
-    /// One forwarded task-token request from `caller`, charged against its
-    /// rate first when `charge` (a call's first request was, by authenticate).
-    /// [`mint_one_task_token`](Self::mint_one_task_token), counted in the
-    /// mint metrics from `started` (when the batch arrived).
+    /// One request of a streamed batch from `caller`: charged against its
+    /// rate, then [`mint_one_task_token`](Self::mint_one_task_token), counted
+    /// in the mint metrics from `started` (when the batch arrived).
     async fn mint_counted(
         &self,
         caller: &AgentCaller,
         request: MintTaskTokenRequest,
-        charge: bool,
         started: std::time::Instant,
     ) -> Result<common::TaskToken, ApiError> {
-        let result = self.mint_one_task_token(caller, request, charge).await;
+        let result = match self.charge(&caller.id) {
+            Ok(()) => self.mint_one_task_token(caller, request).await,
+            Err(e) => Err(e),
+        };
         self.state.metrics.mint(MintKind::TaskToken, Outcome::of(&result), 1, started.elapsed());
         result
+    }
+
+    /// Answers the batches of one MintTaskTokens stream until the agent
+    /// closes it, the server shuts down, or a batch ends it (see the proto).
+    /// Every batch taken is answered before the stream ends.
+    async fn serve_mint_stream(
+        self,
+        certs: Arc<Vec<CertificateDer<'static>>>,
+        mut batches: Streaming<MintTaskTokensRequest>,
+        answers: mpsc::Sender<Result<MintTaskTokensResponse, Status>>,
+    ) {
+        let slots = Arc::new(Semaphore::new(MAX_STREAM_BATCHES));
+        let mut shutdown = self.state.shutdown.subscribe();
+        let end = loop {
+            let next = tokio::select! {
+                next = batches.message() => next,
+                _ = shutdown.wait_for(|stopping| *stopping) => {
+                    break Some(Status::unavailable("server is shutting down"));
+                }
+            };
+            // An error here is the agent's side of the stream failing: there
+            // is no one to tell.
+            let Ok(Some(batch)) = next else { break None };
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break None };
+            let started = std::time::Instant::now();
+            let caller = match self.agent_of(&certs).await {
+                Ok(caller) => caller,
+                Err(e) => break Some(e.into()),
+            };
+            let n = batch.requests.len();
+            if n == 0 || n > MAX_TASK_TOKEN_BATCH {
+                break Some(
+                    ApiError::invalid("requests", format!("must hold 1-{MAX_TASK_TOKEN_BATCH} requests")).into(),
+                );
+            }
+            let (api, answers, batch_no) = (self.clone(), answers.clone(), batch.batch);
+            let answer = async move {
+                let results = api.mint_batch(caller, batch.requests, started).await;
+                let _ = answers.send(Ok(MintTaskTokensResponse { results, batch: batch_no })).await;
+                drop(slot);
+            };
+            tokio::spawn(answer.instrument(tracing::info_span!("batch", batch = batch_no, n)));
+        };
+        // Wait for every batch taken to be answered, then say why it ended.
+        let _ = slots.acquire_many(MAX_STREAM_BATCHES as u32).await;
+        if let Some(status) = end {
+            let _ = answers.send(Err(status)).await;
+        }
+    }
+
+    /// One batch's results, in order. Each but the first is minted on its own
+    /// task, so one batch uses every core; the first is minted here while
+    /// they run (a batch of one, the usual case below saturation, costs no
+    /// further task). Each is charged, decided, signed and audited as if it
+    /// had come alone.
+    async fn mint_batch(
+        &self,
+        caller: AgentCaller,
+        requests: Vec<MintTaskTokenRequest>,
+        started: std::time::Instant,
+    ) -> Vec<TaskTokenResult> {
+        let caller = Arc::new(caller);
+        let mut requests = requests.into_iter();
+        let first = requests.next();
+        let rest: Vec<_> = requests
+            .map(|request| {
+                let (api, caller) = (self.clone(), Arc::clone(&caller));
+                let mint = async move { api.mint_counted(&caller, request, started).await };
+                tokio::spawn(mint.instrument(tracing::Span::current()))
+            })
+            .collect();
+        let mut results = Vec::with_capacity(rest.len() + 1);
+        if let Some(request) = first {
+            results.push(result_of(self.mint_counted(&caller, request, started).await));
+        }
+        for mint in rest {
+            let result = mint.await.map_err(|e| ApiError::Internal(format!("a mint failed: {e}")));
+            results.push(result_of(result.and_then(|r| r)));
+        }
+        results
     }
 
     async fn mint_one_task_token(
         &self,
         caller: &AgentCaller,
         req: MintTaskTokenRequest,
-        charge: bool,
     ) -> Result<common::TaskToken, ApiError> {
-        if charge {
-            self.charge(&caller.id)?;
-        }
         let identities = self.caller_identities(caller, &req.caller).await?;
         let request = req.request.ok_or_else(|| ApiError::invalid("request", "missing"))?;
         self.state.mint_task_token(&caller.id, &identities, &request).await
     }
+}
+
+/// The certificate chain the caller presented in the TLS handshake.
+fn peer_certs<T>(req: &Request<T>) -> Result<Arc<Vec<CertificateDer<'static>>>, ApiError> {
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .ok_or_else(|| ApiError::Unauthenticated("an agent SVID (TLS client certificate) is required".into()))
 }
 
 /// One mint's outcome as a batch answer carries it.
