@@ -3,8 +3,8 @@
 //! record on every one.
 //!
 //! 1. Saturation: many concurrent callers for a while; tokens per second.
-//! 2. Latency at half that rate, open loop (a request is sent on schedule
-//!    whether or not earlier ones came back).
+//! 2. Latency at half that rate (or at `LANYARD_BENCH_RATE`), open loop (a
+//!    request is sent on schedule whether or not earlier ones came back).
 //!
 //! `cargo bench -p lanyard --bench task_tokens`
 #![allow(clippy::expect_used, clippy::panic, missing_docs, reason = "a benchmark: failures stop it loudly")]
@@ -150,10 +150,15 @@ async fn main() {
         in_flight(),
         run_for
     );
-    let half = (rate / 2.0).max(10.0);
-    let samples = at_rate(&clients, &task, half, run_for).await;
+    // LANYARD_BENCH_RATE fixes the open-loop rate, e.g. at half the
+    // 10,000/s target whatever this run's saturation was.
+    let (open_rate, which) = match env_or("LANYARD_BENCH_RATE", 0) {
+        0 => ((rate / 2.0).max(10.0), "half of saturation"),
+        fixed => (fixed as f64, "LANYARD_BENCH_RATE"),
+    };
+    let samples = at_rate(&clients, &task, open_rate, run_for).await;
     println!(
-        "task tokens at {half:.0}/s (half of saturation), {} requests: p50 {:?} p95 {:?} p99 {:?} max {:?}",
+        "task tokens at {open_rate:.0}/s ({which}), {} requests: p50 {:?} p95 {:?} p99 {:?} max {:?}",
         samples.len(),
         percentile(&samples, 0.50),
         percentile(&samples, 0.95),
