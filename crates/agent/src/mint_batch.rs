@@ -82,9 +82,16 @@ impl MintBatcher {
 /// until it fails or the connection changes; then the next one.
 async fn forward(mut queue: mpsc::Receiver<Queued>, mut client: Client, metrics: Arc<AgentMetrics>) {
     while let Some(first) = queue.recv().await {
-        // A change from here on moves later batches to a new stream.
-        client.mark_unchanged();
-        let mut node = match crate::workload::connected(client.clone()).await {
+        let connection = match crate::workload::connected(client.clone()).await {
+            // The connection now, marked seen: a change from here on moves
+            // later batches to a new stream.
+            Ok(_) => client
+                .borrow_and_update()
+                .clone()
+                .ok_or_else(|| Status::unavailable("the server is unreachable; retry")),
+            Err(status) => Err(status),
+        };
+        let mut node = match connection {
             Ok(node) => node,
             Err(status) => {
                 // Everything queued meanwhile would wait as long again.

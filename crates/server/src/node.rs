@@ -598,11 +598,14 @@ impl NodeApi {
             let Ok(Some(batch)) = next else { break None };
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break None };
             let started = std::time::Instant::now();
+            let n = batch.requests.len();
             let caller = match self.agent_of(&certs).await {
                 Ok(caller) => caller,
-                Err(e) => break Some(e.into()),
+                Err(e) => {
+                    self.state.metrics.mint(MintKind::TaskToken, Outcome::of_error(&e), n as u64, started.elapsed());
+                    break Some(e.into());
+                }
             };
-            let n = batch.requests.len();
             if n == 0 || n > MAX_TASK_TOKEN_BATCH {
                 break Some(
                     ApiError::invalid("requests", format!("must hold 1-{MAX_TASK_TOKEN_BATCH} requests")).into(),
