@@ -419,6 +419,16 @@ impl OpenStream {
         Self { batches, answers }
     }
 
+    /// A world with a task and a stream that has minted one token (batch 1).
+    async fn minting() -> (World, String, Self) {
+        let mut w = World::new().await;
+        let task = w.begin(&["search"], "read", "s1").await;
+        let mut stream = Self::open(&mut w).await;
+        stream.send(1, vec![w.request(&task, &["search"])]).await;
+        assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+        (w, task, stream)
+    }
+
     async fn send(&self, batch: u64, requests: Vec<MintTaskTokenRequest>) {
         self.batches.send(MintTaskTokensRequest { requests, batch }).await.unwrap();
     }
@@ -456,11 +466,7 @@ async fn one_stream_answers_each_batch_by_its_number() {
 async fn a_stream_outlives_neither_a_ban_nor_the_agent_svid() {
     // Each batch authenticates the agent again: a stream opened before the
     // ban, or while the agent's SVID was valid, mints nothing after.
-    let mut w = World::new().await;
-    let task = w.begin(&["search"], "read", "s1").await;
-    let mut stream = OpenStream::open(&mut w).await;
-    stream.send(1, vec![w.request(&task, &["search"])]).await;
-    assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+    let (mut w, task, mut stream) = OpenStream::minting().await;
     let minted = w.audit_count("tasktoken.mint").await;
     w.f.admin.ban_agent(BanAgentRequest { spiffe_id: AGENT.into() }).await.unwrap();
     stream.send(2, vec![w.request(&task, &["search"])]).await;
@@ -468,11 +474,7 @@ async fn a_stream_outlives_neither_a_ban_nor_the_agent_svid() {
     assert_eq!((status.code(), status.message()), (Code::PermissionDenied, "agent is banned"));
     assert_eq!(w.audit_count("tasktoken.mint").await, minted, "nothing decided for a banned agent");
 
-    let mut w = World::new().await;
-    let task = w.begin(&["search"], "read", "s1").await;
-    let mut stream = OpenStream::open(&mut w).await;
-    stream.send(1, vec![w.request(&task, &["search"])]).await;
-    assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+    let (w, task, mut stream) = OpenStream::minting().await;
     // The agent SVID lives an hour; the TLS connection would live on.
     *w.f.clock.0.lock().unwrap() += Duration::from_secs(3601);
     stream.send(2, vec![w.request(&task, &["search"])]).await;
@@ -483,11 +485,7 @@ async fn a_stream_outlives_neither_a_ban_nor_the_agent_svid() {
 
 #[tokio::test]
 async fn a_graceful_stop_ends_an_open_stream_without_waiting_for_the_agent() {
-    let mut w = World::new().await;
-    let task = w.begin(&["search"], "read", "s1").await;
-    let mut stream = OpenStream::open(&mut w).await;
-    stream.send(1, vec![w.request(&task, &["search"])]).await;
-    assert_eq!(Code::from_i32(stream.answers(1).await[&1][0].code), Code::Ok);
+    let (mut w, _, mut stream) = OpenStream::minting().await;
     // The test keeps its side open, as an agent between batches does.
     w.f.stop_server();
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.answers.message()).await;
