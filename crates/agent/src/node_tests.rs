@@ -6,10 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use lanyard_ca::csr;
 use lanyard_proto::admin::{BanAgentRequest, CreateJoinTokenRequest};
+use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
     AttestRequest, MintJwtSvidRequest, MintX509SvidsRequest, RenewAgentRequest, SyncRequest, X509SvidRequest,
 };
-use tonic::Code;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::node_client::{ClientIdentity, connect};
 use crate::testkit::{fixture, fixture_with};
@@ -132,20 +134,43 @@ async fn a_banned_agent_gets_nothing_not_even_renewal() {
 }
 
 #[tokio::test]
-async fn a_renewed_agent_svid_supersedes_the_old_one() {
+async fn a_renewed_agent_svid_supersedes_the_old_one_after_a_short_grace() {
     let mut f = fixture().await;
-    let (mut node1, old) = f.agent("node1").await;
-    let (key, request) = csr::new_key_and_csr().unwrap();
-    let renewed = node1.renew_agent(RenewAgentRequest { csr: request }).await.unwrap().into_inner();
-    let new = ClientIdentity { chain: renewed.svid_chain, key };
+    let (mut node1, first) = f.agent("node1").await;
+    let renew = |node: &mut NodeClient<Channel>| {
+        let mut node = node.clone();
+        async move {
+            let (key, request) = csr::new_key_and_csr().unwrap();
+            let renewed = node.renew_agent(RenewAgentRequest { csr: request }).await.unwrap().into_inner();
+            ClientIdentity { chain: renewed.svid_chain, key }
+        }
+    };
+    let sync = |identity: ClientIdentity| {
+        let (addr, td, roots) = (f.addr.clone(), f.td.clone(), f.roots.clone());
+        async move {
+            let mut node = connect(&addr, &td, &roots, Some(&identity)).await.unwrap();
+            node.sync_entries(SyncRequest { since_revision: 0 }).await.map(|_| ())
+        }
+    };
+    let superseded = |result: Result<(), Status>| {
+        let refused = result.expect_err("refused");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(refused.message().contains("superseded"), "{}", refused.message());
+    };
 
-    let mut with_old = connect(&f.addr, &f.td, &f.roots, Some(&old)).await.unwrap();
-    let refused = with_old.sync_entries(SyncRequest { since_revision: 0 }).await.unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
-    assert!(refused.message().contains("superseded"), "{}", refused.message());
-
-    let mut with_new = connect(&f.addr, &f.td, &f.roots, Some(&new)).await.unwrap();
-    assert!(with_new.sync_entries(SyncRequest { since_revision: 0 }).await.is_ok());
+    // Right after a renewal the old SVID still works: the agent's calls
+    // already out on its old connection must not fail.
+    let second = renew(&mut node1).await;
+    sync(first.clone()).await.unwrap();
+    // After a second renewal the first is refused at once, grace or not.
+    let mut with_second = connect(&f.addr, &f.td, &f.roots, Some(&second)).await.unwrap();
+    let third = renew(&mut with_second).await;
+    superseded(sync(first).await);
+    sync(second.clone()).await.unwrap();
+    // And the one before the newest only for the grace.
+    *f.clock.0.lock().unwrap() += Duration::from_secs(11);
+    superseded(sync(second).await);
+    sync(third).await.unwrap();
 }
 
 #[tokio::test]

@@ -20,6 +20,10 @@ pub(crate) const LIST_PAGE_DEFAULT: usize = 100;
 pub(crate) const LIST_PAGE_MAX: usize = 1000;
 /// Longest a TLS handshake on the node API may take.
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an agent's previous SVID is still accepted after it renews:
+/// the agent reconnects with the new one at once, and calls it had out on
+/// the old connection must not be refused meanwhile.
+pub(crate) const AGENT_RENEWAL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest join-token lifetime.
 pub(crate) const MAX_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 /// Most identities one workload may be attested to in a Tasks API call.

@@ -16,7 +16,7 @@ use lanyard_proto::node::{
     X509SvidRequest, X509SvidResult,
 };
 use lanyard_proto::{agent, common};
-use lanyard_store::{AgentRecord, AuditEvent};
+use lanyard_store::{AgentRecord, AuditEvent, PreviousSvid};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
@@ -25,7 +25,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::convert::{bundle_to_proto, entry_to_proto, parse_entry_id, secs_i64};
-use crate::limits::{MAX_CALLER_IDENTITIES, MAX_STREAM_BATCHES, MAX_TASK_TOKEN_BATCH, MAX_X509_BATCH, SYNC_CHUNK};
+use crate::limits::{
+    AGENT_RENEWAL_GRACE, MAX_CALLER_IDENTITIES, MAX_STREAM_BATCHES, MAX_TASK_TOKEN_BATCH, MAX_X509_BATCH, SYNC_CHUNK,
+};
 use crate::metrics::{MintKind, Outcome};
 use crate::state::State;
 use crate::status::ApiError;
@@ -54,7 +56,8 @@ impl NodeApi {
 
     /// The agent presenting `certs` (already chain-checked by rustls at the
     /// handshake): an agent SVID still valid now, of a known, unbanned
-    /// agent, and the newest one issued to it. Checked again for every
+    /// agent, and the newest one issued to it (or the one before, for
+    /// [`AGENT_RENEWAL_GRACE`] after a renewal). Checked again for every
     /// batch of a stream, which may outlive a ban, a renewal or the SVID.
     async fn agent_of(&self, certs: &[CertificateDer<'static>]) -> Result<AgentCaller, ApiError> {
         let leaf = certs.first().ok_or_else(|| ApiError::Unauthenticated("empty client certificate chain".into()))?;
@@ -75,7 +78,9 @@ impl NodeApi {
         if record.banned {
             return Err(ApiError::PermissionDenied("agent is banned".into()));
         }
-        if record.svid_serial != info.serial {
+        let now = unix_secs(self.state.now());
+        let previous = record.previous_svid.as_ref().is_some_and(|p| p.serial == info.serial && now < p.accepted_until);
+        if record.svid_serial != info.serial && !previous {
             return Err(ApiError::PermissionDenied(
                 "agent SVID has been superseded; reconnect with the newest one".into(),
             ));
@@ -482,6 +487,7 @@ impl NodeApi {
             svid_expires_at: unix_secs(signed.not_after),
             banned: false,
             last_seen: unix_secs(now),
+            previous_svid: None,
         };
         let audit = self.state.audit(
             "agent.attest",
@@ -504,18 +510,26 @@ impl NodeApi {
     ) -> Result<Response<RenewAgentResponse>, ApiError> {
         let caller = self.authenticate(&req).await?;
         let (signed, chain) = self.sign_agent_svid(&caller.id, &req.get_ref().csr)?;
-        let record = AgentRecord {
-            svid_serial: signed.serial.clone(),
-            svid_expires_at: unix_secs(signed.not_after),
-            last_seen: unix_secs(self.state.now()),
-            ..caller.record
+        let now = self.state.now();
+        // Calls still out on the agent's old connection finish with the old
+        // SVID; any older one is refused at once.
+        let previous = PreviousSvid {
+            serial: caller.record.svid_serial.clone(),
+            accepted_until: unix_secs(now + AGENT_RENEWAL_GRACE).min(caller.record.svid_expires_at),
         };
         let audit = self.state.audit(
             "agent.renew",
             caller.id.as_str(),
             caller.id.as_str(),
-            serde_json::json!({ "serial": signed.serial }),
+            serde_json::json!({ "serial": signed.serial, "previous": previous.serial, "previous_accepted_until": previous.accepted_until }),
         );
+        let record = AgentRecord {
+            svid_serial: signed.serial.clone(),
+            svid_expires_at: unix_secs(signed.not_after),
+            last_seen: unix_secs(now),
+            previous_svid: Some(previous),
+            ..caller.record
+        };
         self.state.store.put_agent(record, Some(audit)).await.map_err(ApiError::from)?;
         Ok(Response::new(RenewAgentResponse { svid_chain: chain }))
     }

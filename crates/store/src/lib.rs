@@ -59,8 +59,8 @@ pub use error::{Result, StoreError};
 pub use migrate::{MigrationReport, StoreExport, Tombstone};
 pub use pg_store::{PG_SCHEMA_VERSION, PgStore};
 pub use records::{
-    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyLock, KeyRecord, Preconditions, TaskFilter,
-    hash_join_token,
+    AgentRecord, EntryChanges, EntryFilter, JoinTokenRecord, KeyKind, KeyLock, KeyRecord, Preconditions, PreviousSvid,
+    TaskFilter, hash_join_token,
 };
 pub use revocation::{Revocation, RevocationKind, RiskRecord, RiskSubject};
 pub use sled_store::{BackupManifest, SledStore};

@@ -23,6 +23,21 @@ pub struct AgentRecord {
     pub banned: bool,
     /// Unix seconds of its last call.
     pub last_seen: u64,
+    /// The SVID the newest one replaced, while it is still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_svid: Option<PreviousSvid>,
+}
+
+/// An agent SVID superseded by a renewal, accepted for a short while after
+/// it so that calls the agent had out on its old connection are not
+/// refused (the agent reconnects with the new SVID at once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSvid {
+    /// Lower-case hex serial.
+    pub serial: String,
+    /// Unix seconds until which it is accepted (never past its own notAfter,
+    /// which the TLS handshake and the server check as well).
+    pub accepted_until: u64,
 }
 
 /// A one-time node bootstrap token, stored under the SHA-256 of its secret

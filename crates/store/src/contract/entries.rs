@@ -171,6 +171,7 @@ pub(super) async fn agents_and_keys(fx: &Fixture) {
         svid_expires_at: 2,
         banned: false,
         last_seen: 3,
+        previous_svid: None,
     };
     store.put_agent(agent.clone(), Some(event("agent.attest"))).await.unwrap();
     agent.banned = true;

@@ -137,6 +137,7 @@ pub(crate) fn agent(name: &str) -> AgentRecord {
         svid_expires_at: 2,
         banned: false,
         last_seen: 3,
+        previous_svid: None,
     }
 }
 

@@ -150,6 +150,7 @@ async fn reopening_keeps_everything() {
         svid_expires_at: 2,
         banned: false,
         last_seen: 3,
+        previous_svid: None,
     };
     store.put_agent(agent.clone(), None).await.unwrap();
     let key = KeyRecord {
