@@ -66,7 +66,8 @@ impl NodeApi {
             return Err(ApiError::PermissionDenied(format!("{} is not an agent", info.spiffe_id)));
         }
         tracing::Span::current().record("caller", info.spiffe_id.as_str());
-        if info.not_after <= self.state.now() {
+        let now = self.state.now();
+        if info.not_after <= now {
             return Err(ApiError::Unauthenticated("agent SVID has expired; reconnect with a renewed one".into()));
         }
         let record = self
@@ -78,8 +79,8 @@ impl NodeApi {
         if record.banned {
             return Err(ApiError::PermissionDenied("agent is banned".into()));
         }
-        let now = unix_secs(self.state.now());
-        let previous = record.previous_svid.as_ref().is_some_and(|p| p.serial == info.serial && now < p.accepted_until);
+        let previous =
+            record.previous_svid.as_ref().is_some_and(|p| p.serial == info.serial && unix_secs(now) < p.accepted_until);
         if record.svid_serial != info.serial && !previous {
             return Err(ApiError::PermissionDenied(
                 "agent SVID has been superseded; reconnect with the newest one".into(),
