@@ -1,6 +1,7 @@
 //! The command line, as DESIGN.md's contract spells it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -68,6 +69,18 @@ pub(crate) enum Command {
     Demo,
     /// Load a running agent (and through it the server) with concurrent workloads; print throughput and latency.
     Bench(BenchArgs),
+}
+
+impl Command {
+    /// The async worker threads this command asks for (`--worker-threads`
+    /// of `server run` and `agent run`); `None`: one per core.
+    pub(crate) fn worker_threads(&self) -> Option<NonZeroUsize> {
+        match self {
+            Self::Server(ServerCommand::Run(run)) => run.worker_threads,
+            Self::Agent(AgentCommand::Run(run)) => Some(run.worker_threads),
+            _ => None,
+        }
+    }
 }
 
 /// `lanyard bench`: this process must be registered as a workload (the agent attests it as itself).
@@ -562,6 +575,10 @@ pub(crate) struct ServerRun {
     /// Log lines as text or JSON (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Threads that serve requests (the store's flusher and blocking work
+    /// have their own). Default: one per core.
+    #[arg(long, value_name = "N")]
+    pub(crate) worker_threads: Option<NonZeroUsize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -602,6 +619,12 @@ pub(crate) struct AgentRun {
     /// Log lines as text or JSON (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Threads that serve workloads and talk to the server. One is enough
+    /// for about 15,000 task tokens a second, and leaves the node's other
+    /// cores to its workloads; handing requests between threads on
+    /// different cores cost more latency than it saved (docs/benchmarks.md).
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub(crate) worker_threads: NonZeroUsize,
     /// A TOML file whose keys are these flags' names (`server = ["…"]`);
     /// flags given here win over it.
     #[arg(long, value_name = "FILE")]
@@ -893,5 +916,19 @@ mod tests {
         let cli = Cli::try_parse_from(["lanyard", "token", "revoke", "-abc_DEF"]).unwrap();
         let Command::Token(TokenCommand::Revoke { jti, .. }) = cli.command else { panic!("not token revoke") };
         assert_eq!(jti, "-abc_DEF");
+    }
+
+    #[test]
+    fn the_agent_runs_on_one_worker_thread_unless_told_and_the_server_on_one_per_core() {
+        let threads = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command.worker_threads());
+        let agent = ["lanyard", "agent", "run", "--server", "127.0.0.1:8081"];
+        assert_eq!(threads(&agent).unwrap(), NonZeroUsize::new(1));
+        assert_eq!(threads(&[&agent[..], &["--worker-threads", "3"]].concat()).unwrap(), NonZeroUsize::new(3));
+        let server = ["lanyard", "server", "run", "--trust-domain", "example.org"];
+        assert_eq!(threads(&server).unwrap(), None);
+        assert_eq!(threads(&[&server[..], &["--worker-threads", "2"]].concat()).unwrap(), NonZeroUsize::new(2));
+        assert_eq!(threads(&["lanyard", "demo"]).unwrap(), None);
+        let zero = threads(&[&server[..], &["--worker-threads", "0"]].concat()).unwrap_err();
+        assert!(zero.to_string().contains("--worker-threads"), "{zero}");
     }
 }
