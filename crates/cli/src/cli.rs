@@ -620,9 +620,10 @@ pub(crate) struct AgentRun {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
     /// Threads that serve workloads and talk to the server. One is enough
-    /// for about 15,000 task tokens a second, and leaves the node's other
-    /// cores to its workloads; handing requests between threads on
-    /// different cores cost more latency than it saved (docs/benchmarks.md).
+    /// for about 15,000 task tokens a second and leaves the node's other
+    /// cores to its workloads; on the 2-core reference machine it gave a
+    /// lower p99 than one per core in one load generator and the same in
+    /// the other (docs/benchmarks.md).
     #[arg(long, value_name = "N", default_value = "1")]
     pub(crate) worker_threads: NonZeroUsize,
     /// A TOML file whose keys are these flags' names (`server = ["…"]`);

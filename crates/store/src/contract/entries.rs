@@ -171,7 +171,8 @@ pub(super) async fn agents_and_keys(fx: &Fixture) {
         svid_expires_at: 2,
         banned: false,
         last_seen: 3,
-        previous_svid: None,
+        // Read back below through list_agents: it survives either store.
+        previous_svid: Some(PreviousSvid { serial: "00".into(), accepted_until: 2 }),
     };
     store.put_agent(agent.clone(), Some(event("agent.attest"))).await.unwrap();
     agent.banned = true;
