@@ -113,13 +113,17 @@ pub fn run(config: &SoakConfig, mut on_sample: impl FnMut(&Sample)) -> Result<Ve
         .args(["--tool", TOOL, "--audience", AUDIENCE, "--action", "read"])
         .args(["--op", "x509", "--op", "jwt", "--op", "task-token", "--op", "verify"])
         .args(["--rate", &config.rate.to_string(), "--workloads", &config.workloads.to_string()])
-        .args(["--duration", &secs(config.duration), "--warmup", "0s", "--interval", &secs(config.interval)])
+        // An interval longer than sampled: the bench is alive at every
+        // sample, and is stopped after the last.
+        .args(["--duration", &secs(config.duration + config.interval), "--warmup", "0s"])
+        .args(["--interval", &secs(config.interval)])
         .args(["--output", "json"])
         .env("LANYARD_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(bench_log)
         .spawn()?;
     let bench_pid = bench.id();
+    let wanted = (config.duration.as_secs_f64() / config.interval.as_secs_f64()).round() as usize;
     let stdout = bench.stdout.take().ok_or_else(|| SoakError::Bench("no standard output".to_owned()))?;
     let mut samples = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
@@ -147,7 +151,14 @@ pub fn run(config: &SoakConfig, mut on_sample: impl FnMut(&Sample)) -> Result<Ve
         };
         on_sample(&sample);
         samples.push(sample);
+        if samples.len() == wanted {
+            // Its work is done; what it would say at the end is not needed.
+            bench.kill()?;
+            bench.wait()?;
+            return Ok(samples);
+        }
     }
+    // The bench ended before the last sample.
     if !bench.wait()?.success() {
         return Err(SoakError::Bench(cluster.log_tail("bench")));
     }
