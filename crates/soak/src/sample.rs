@@ -1,6 +1,8 @@
 //! What is sampled from the running processes: resident memory and open
 //! file descriptors from `/proc`, and the size of a directory tree.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// One process at one moment.
@@ -28,7 +30,9 @@ fn rss_of_status(status: &str) -> Option<u64> {
 }
 
 /// Bytes of the regular files under `dir` (allocated size is not what is
-/// asked: sled preallocates), split into those named `split` and the rest.
+/// asked: sled preallocates), split into those named `split` (less the
+/// zeros at their ends: the audit log keeps zeros written ahead of its
+/// records) and the rest.
 pub fn dir_size(dir: &Path, split: &str) -> std::io::Result<(u64, u64)> {
     let (mut named, mut rest) = (0, 0);
     let mut pending = vec![dir.to_path_buf()];
@@ -42,13 +46,31 @@ pub fn dir_size(dir: &Path, split: &str) -> std::io::Result<(u64, u64)> {
                 // A file removed between the listing and here is not an error.
                 let Ok(meta) = entry.metadata() else { continue };
                 match entry.file_name() == split {
-                    true => named += meta.len(),
+                    // Cut meanwhile (the log was reopened): its length will do.
+                    true => named += len_without_zero_tail(&entry.path()).unwrap_or(meta.len()),
                     false => rest += meta.len(),
                 }
             }
         }
     }
     Ok((named, rest))
+}
+
+/// The length of `path` up to its last byte that is not zero.
+fn len_without_zero_tail(path: &Path) -> std::io::Result<u64> {
+    let file = File::open(path)?;
+    let mut end = file.metadata()?.len();
+    let mut block = vec![0; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(last) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + last as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 #[cfg(test)]
@@ -75,10 +97,15 @@ mod tests {
     #[test]
     fn a_directory_tree_is_summed_with_the_named_file_apart() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("audit.log"), [0u8; 100]).unwrap();
+        // Two records, then zeros written ahead: more than one block of them.
+        let mut log = b"{\"a\":1}\n{\"b\":2}\n".to_vec();
+        log.resize(log.len() + 100_000, 0);
+        std::fs::write(dir.path().join("audit.log"), log).unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();
         std::fs::write(dir.path().join("db").join("conf"), [0u8; 30]).unwrap();
         std::fs::write(dir.path().join("snap"), [0u8; 12]).unwrap();
-        assert_eq!(dir_size(dir.path(), "audit.log").unwrap(), (100, 42));
+        assert_eq!(dir_size(dir.path(), "audit.log").unwrap(), (16, 42));
+        std::fs::write(dir.path().join("audit.log"), [0u8; 70_000]).unwrap();
+        assert_eq!(dir_size(dir.path(), "audit.log").unwrap(), (0, 42), "zeros only: no records");
     }
 }

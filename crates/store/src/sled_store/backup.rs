@@ -82,7 +82,9 @@ impl Inner {
             out.into_inner().map_err(|e| StoreError::Io(e.into_error()))?.sync_all()?;
         }
         let mut audit_out = create_private_file(&to.join(AUDIT_FILE))?;
-        std::io::copy(&mut File::open(self.audit_file.path())?, &mut audit_out)?;
+        // The records, not the zeros written ahead of them.
+        let mut records_only = File::open(self.audit_file.path())?.take(self.audit_file.written_len());
+        std::io::copy(&mut records_only, &mut audit_out)?;
         audit_out.sync_all()?;
         let manifest = BackupManifest {
             format: FORMAT.to_owned(),
