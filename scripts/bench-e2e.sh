@@ -8,7 +8,9 @@
 #   scripts/bench-e2e.sh [lanyard bench flags, e.g. --duration 5s --output json]
 #
 # LANYARD=path picks the binary (default target/release/lanyard: build it
-# with `cargo build --release -p lanyard`, as `just bench-e2e` does).
+# with `cargo build --release -p lanyard`, as `just bench-e2e` does);
+# BENCH_OPS the operations (default all four: BENCH_OPS=task-token for
+# task tokens alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +50,11 @@ echo "lanyard bench against a server and agent in $dir (binary $bin)" >&2
 cpu_of "${pids[@]}" >"$dir/cpu.before"
 read -r busy_before total_before < <(machine_ticks)
 TIMEFORMAT='load generator: %U s user, %S s system'
-time "$bin" bench --socket "$socket" --op x509 --op jwt --op task-token --op verify \
+ops=()
+for op in ${BENCH_OPS:-x509 jwt task-token verify}; do
+    ops+=(--op "$op")
+done
+time "$bin" bench --socket "$socket" "${ops[@]}" \
     --task "$task" --tool "$tool" --audience "$audience" --action read \
     --bundle-url "http://$bundle_listen" "$@"
 # Where the CPU went over the run (warm-up included): the bench shares the
