@@ -622,8 +622,8 @@ pub(crate) struct AgentRun {
     /// Threads that serve workloads and talk to the server. One is enough
     /// for about 15,000 task tokens a second and leaves the node's other
     /// cores to its workloads; on the 2-core reference machine it gave a
-    /// lower p99 than one per core in one load generator and the same in
-    /// the other (docs/benchmarks.md).
+    /// lower p50 than one per core in alternated runs, the p99 within their spread
+    /// (docs/benchmarks.md).
     #[arg(long, value_name = "N", default_value = "1")]
     pub(crate) worker_threads: NonZeroUsize,
     /// A TOML file whose keys are these flags' names (`server = ["…"]`);

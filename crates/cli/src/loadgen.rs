@@ -556,8 +556,9 @@ async fn report_periods(periods: Periods, window: Window, every: Duration, outpu
 /// periods. Delaying instead (next tick a period after the late one) put
 /// every loop that waited through one stall on the same phase, so that
 /// from then on the workloads sent together in bursts rather than spread
-/// over the period: one 70 ms disk stall moved p99 at 5,000/s from 2.8 ms
-/// to 8-11 ms for the rest of the run (docs/benchmarks.md).
+/// over the period: after one stall of 33-185 ms, p99 at 5,000/s was
+/// 6-20 ms every second to the end of the run, against 2.4-6.1 ms before
+/// it (docs/benchmarks.md).
 fn ticker(first: Instant, period: Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval_at(first, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -261,15 +261,14 @@ impl AuditFile {
             let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
             (index.end, index.zeroed)
         };
-        let records = pending.bytes.len();
-        let upto = end + records as u64;
-        let zeros_upto = upto + ZEROS_TOP;
-        if zeroed < upto + ZEROS_LOW {
+        let upto = end + pending.bytes.len() as u64;
+        let carry_zeros = zeroed < upto + ZEROS_LOW;
+        if carry_zeros {
             // In the same write: the zeros go over no record.
+            let records = pending.bytes.len();
             pending.bytes.resize(records + ZEROS_TOP as usize, 0);
         }
         let written = self.file.write_all_at(&pending.bytes, end);
-        let carried_zeros = pending.bytes.len() > records;
         pending.bytes.clear();
         if let Err(e) = written {
             self.broken.store(true, Ordering::SeqCst);
@@ -279,8 +278,8 @@ impl AuditFile {
         for line in pending.lines.drain(..) {
             index.push(line);
         }
-        if carried_zeros {
-            index.zeroed = zeros_upto;
+        if carry_zeros {
+            index.zeroed = upto + ZEROS_TOP;
         }
         Ok(())
     }
