@@ -160,6 +160,12 @@ pub fn x5t_s256(cert_der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest(&SHA256, cert_der))
 }
 
+/// [`x5t_s256`] from the certificate's SHA-256, for a caller that has
+/// hashed it already.
+pub fn x5t_s256_of_digest(sha256: &[u8; 32]) -> String {
+    URL_SAFE_NO_PAD.encode(sha256)
+}
+
 /// Hex SHA-256 of a `jti`: what the audit log keeps instead of the id itself.
 pub fn jti_hash(jti: &str) -> String {
     lanyard_core::hex::encode(digest(&SHA256, jti.as_bytes()).as_ref())

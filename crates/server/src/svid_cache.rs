@@ -14,6 +14,15 @@ use ring::digest::{SHA256, digest};
 /// Most certificates remembered; past it the cache starts over.
 pub(crate) const MAX_CACHED_SVIDS: usize = 16_384;
 
+/// A connector's X.509-SVID that verified, and the SHA-256 of its DER (the
+/// cache's key, and what a token's `cnf` binds to).
+pub(crate) struct VerifiedSvid {
+    /// What the certificate says.
+    pub(crate) info: SvidInfo,
+    /// SHA-256 of the certificate's DER.
+    pub(crate) sha256: [u8; 32],
+}
+
 /// Verified leaves by SHA-256 of their DER, for one bundle sequence.
 #[derive(Default)]
 pub(crate) struct SvidCache {
@@ -30,7 +39,7 @@ impl SvidCache {
         roots: &[Vec<u8>],
         sequence: u64,
         now: SystemTime,
-    ) -> Result<SvidInfo, lanyard_ca::CaError> {
+    ) -> Result<VerifiedSvid, lanyard_ca::CaError> {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest(&SHA256, leaf).as_ref());
         if let Ok(cache) = self.verified.lock()
@@ -41,7 +50,7 @@ impl SvidCache {
             && info.not_before <= now
             && now < info.not_after
         {
-            return Ok(info.clone());
+            return Ok(VerifiedSvid { info: info.clone(), sha256: key });
         }
         let info = svid::verify_chain(std::slice::from_ref(&leaf.to_vec()), roots, now, Usage::Client)?;
         if let Ok(mut cache) = self.verified.lock() {
@@ -50,7 +59,7 @@ impl SvidCache {
             }
             cache.1.insert(key, info.clone());
         }
-        Ok(info)
+        Ok(VerifiedSvid { info, sha256: key })
     }
 }
 
@@ -88,7 +97,7 @@ impl LeafCache {
 mod tests {
     use std::time::Duration;
 
-    use lanyard_ca::{X509Authority, X509SvidTemplate, csr};
+    use lanyard_ca::{X509Authority, X509SvidTemplate, csr, task_token};
 
     use super::*;
 
@@ -122,6 +131,20 @@ mod tests {
         assert!(cache.verify(&leaf, &roots, 2, now).is_ok());
         // Past its notAfter the cache does not answer, and verification fails.
         assert!(cache.verify(&leaf, &roots, 2, now + Duration::from_secs(61)).is_err());
+    }
+
+    #[test]
+    fn the_digest_answered_is_the_certificates_whether_cached_or_not() {
+        let now = SystemTime::now();
+        let ca = authority(now);
+        let (leaf, roots) = (leaf(&ca, "spiffe://example.org/c", now), vec![ca.cert_der().to_vec()]);
+        let cache = SvidCache::default();
+        let verified = cache.verify(&leaf, &roots, 1, now).unwrap();
+        let cached = cache.verify(&leaf, &roots, 1, now).unwrap();
+        for svid in [verified, cached] {
+            assert_eq!(task_token::x5t_s256_of_digest(&svid.sha256), task_token::x5t_s256(&leaf));
+            assert_eq!(svid.info.spiffe_id.as_str(), "spiffe://example.org/c");
+        }
     }
 
     #[test]

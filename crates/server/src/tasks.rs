@@ -312,11 +312,11 @@ impl State {
             .svid_cache
             .verify(&identity.svid_der, &keys.bundle.x509_authorities, keys.bundle.sequence, now)
             .map_err(|e| ApiError::invalid("svid", e))?;
-        if svid.spiffe_id != identity.entry.spiffe_id {
+        if svid.info.spiffe_id != identity.entry.spiffe_id {
             return Err(ApiError::invalid("svid", "the SVID is for another identity"));
         }
         let ends = std::iter::once(&task).chain(&ancestors).map(|t| from_unix_secs(t.expires_at));
-        let expires_at = ends.chain([now + ttl, svid.not_after]).min().unwrap_or(now);
+        let expires_at = ends.chain([now + ttl, svid.info.not_after]).min().unwrap_or(now);
         let template = TaskTokenTemplate {
             issuer: self.config.public_url.clone(),
             connector: task.connector.clone(),
@@ -328,7 +328,7 @@ impl State {
             user: task.user.clone(),
             session: task.session.clone(),
             chain: task.chain.clone(),
-            cnf_x5t_s256: task_token::x5t_s256(&identity.svid_der),
+            cnf_x5t_s256: task_token::x5t_s256_of_digest(&svid.sha256),
             expires_at,
         };
         let signed = keys.task_tokens.sign_task_token(&template, now).map_err(ApiError::from)?;
