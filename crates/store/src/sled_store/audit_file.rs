@@ -36,7 +36,7 @@
 //! does, and cuts the file there. A clean close cuts the zeros off too.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,11 +210,9 @@ impl AuditFile {
             }
             index.push(n as u64);
         }
-        if file.metadata()?.len() > index.end {
-            if line.iter().any(|&b| b != 0) {
-                // Written but never synced, so never acknowledged.
-                tracing::warn!(path = %path.display(), offset = index.end, "cutting off a torn audit log line");
-            }
+        let len = file.metadata()?.len();
+        if len > index.end {
+            set_aside(&file, dir, index.end, len)?;
             file.set_len(index.end)?;
             file.sync_data()?;
         }
@@ -348,6 +346,55 @@ impl AuditFile {
         }
         Ok(())
     }
+}
+
+/// Keeps what is cut off the log at `offset` (up to `len`), bar the zeros
+/// it ends with, in `audit.log.cut-<offset>` beside it.
+///
+/// After a crash that is part of a write never synced, so never
+/// acknowledged. But the log ends at the first line holding a NUL byte
+/// wherever it is, and a NUL in an older record (a bad block, an edited
+/// file) would cut acknowledged records off too: those bytes are evidence,
+/// and are kept rather than destroyed.
+fn set_aside(file: &File, dir: &Path, offset: u64, len: u64) -> Result<()> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut block = vec![0u8; BLOCK as usize];
+    // Where the zeros at the end begin, read backwards a block at a time.
+    let mut end = len;
+    while end > offset {
+        let start = end.saturating_sub(BLOCK).max(offset);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        match chunk.iter().rposition(|&b| b != 0) {
+            Some(last) => {
+                end = start + last as u64 + 1;
+                break;
+            }
+            None => end = start,
+        }
+    }
+    if end == offset {
+        return Ok(()); // zeros written ahead, and nothing else
+    }
+    let aside = dir.join(format!("{AUDIT_FILE}.cut-{offset}"));
+    let mut out = OpenOptions::new().create(true).write(true).truncate(true).open(&aside)?;
+    let mut at = offset;
+    while at < end {
+        let chunk = &mut block[..(end - at).min(BLOCK) as usize];
+        file.read_exact_at(chunk, at)?;
+        out.write_all(chunk)?;
+        at += chunk.len() as u64;
+    }
+    out.sync_all()?;
+    // Its name durable too, before the log is cut.
+    File::open(dir)?.sync_all()?;
+    tracing::warn!(
+        path = %aside.display(),
+        offset,
+        bytes = end - offset,
+        "the audit log's end after its last whole record was cut off and kept here"
+    );
+    Ok(())
 }
 
 impl Drop for AuditFile {
@@ -492,6 +539,36 @@ mod index_tests {
             drop(reopened);
             assert_eq!(scan_all(&AuditFile::open(dir.path()).unwrap()), all, "{case}");
         }
+    }
+
+    #[test]
+    fn what_is_cut_off_at_open_is_kept_beside_the_log_unless_it_is_zeros() {
+        let live = tempfile::tempdir().unwrap();
+        let all = records(20);
+        let file = AuditFile::open(live.path()).unwrap();
+        append_synced(&file, &all);
+        let records_end = file.written_len() as usize;
+        let image = std::fs::read(file.path()).unwrap();
+        drop(file);
+        let lines: Vec<&[u8]> = image[..records_end].split_inclusive(|&b| b == b'\n').collect();
+        let tenth = lines[..9].iter().map(|l| l.len()).sum::<usize>();
+        // A NUL inside record 10 (a bad block, an edited file): the log ends
+        // before it, and records 10-20, acknowledged once, are kept aside.
+        let mut damaged = image[..records_end].to_vec();
+        damaged[tenth + 5] = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let mut on_disk = damaged.clone();
+        on_disk.resize(damaged.len() + 200_000, 0); // zeros ahead, several blocks of them
+        std::fs::write(dir.path().join(AUDIT_FILE), &on_disk).unwrap();
+        assert_eq!(AuditFile::open(dir.path()).unwrap().len(), 9);
+        let aside = std::fs::read(dir.path().join(format!("{AUDIT_FILE}.cut-{tenth}"))).unwrap();
+        assert_eq!(aside, damaged[tenth..]);
+        // Zeros alone (a crash right after a write that carried them) are not kept.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(AUDIT_FILE), &image).unwrap();
+        assert_eq!(AuditFile::open(dir.path()).unwrap().len(), 20);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [AUDIT_FILE]);
     }
 
     #[test]
