@@ -43,9 +43,15 @@ fn bench(c: &mut Criterion) {
     // more. (Spawning the pool per sample measured its ramp-up and its
     // last, half-empty group commit instead.)
     let pool = Pool::start(&runtime, &rig);
+    let flushes_before = rig.flushes();
     group.sampling_mode(SamplingMode::Flat);
     group.bench_function("task token, 64 in flight (group commit)", |b| b.iter_custom(|iters| pool.time(iters)));
-    pool.stop(&runtime);
+    let minted = pool.stop(&runtime);
+    let flushes = rig.flushes() - flushes_before;
+    eprintln!(
+        "64 in flight: {minted} tokens, {flushes} group commits, {:.1} tokens a commit",
+        minted as f64 / flushes.max(1) as f64
+    );
     group.finish();
 }
 
@@ -85,11 +91,13 @@ impl Pool {
         started.elapsed()
     }
 
-    fn stop(self, runtime: &tokio::runtime::Runtime) {
+    /// Stops the workers; answers how many tokens they minted.
+    fn stop(self, runtime: &tokio::runtime::Runtime) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         for worker in self.workers {
             runtime.block_on(worker).expect("worker");
         }
+        self.done.load(Ordering::Relaxed)
     }
 }
 

@@ -95,4 +95,9 @@ impl MintRig {
     pub async fn mint(&self) -> Result<(), String> {
         self.state.mint_task_token(&self.agent, &self.caller, &self.request).await.map(|_| ()).map_err(fail)
     }
+
+    /// How many group commits (flushes of the store) have run so far.
+    pub fn flushes(&self) -> u64 {
+        self.state.store.commit_latency().count()
+    }
 }

@@ -214,6 +214,7 @@ impl Node for NodeApi {
         req: Request<MintX509SvidsRequest>,
     ) -> Result<Response<MintX509SvidsResponse>, Status> {
         let started = std::time::Instant::now();
+        let _on_its_way = self.state.store.write_intent();
         let caller = self.authenticate(&req).await.inspect_err(|e| {
             self.state.metrics.mint(MintKind::X509Svid, Outcome::of_error(e), 1, started.elapsed());
         })?;
@@ -539,6 +540,7 @@ impl NodeApi {
         &self,
         req: Request<MintJwtSvidRequest>,
     ) -> Result<Response<MintJwtSvidResponse>, ApiError> {
+        let _on_its_way = self.state.store.write_intent();
         let caller = self.authenticate(&req).await?;
         let req = req.into_inner();
         let entry = self.served_entry(&caller, &req.entry_id).await?;

@@ -253,6 +253,7 @@ impl State {
         caller: &[CallerIdentity],
         req: &agent::FetchTaskTokenRequest,
     ) -> Result<common::TaskToken, ApiError> {
+        let _on_its_way = self.store.write_intent();
         let task_id: TaskId = parse("task_id", &req.task_id)?;
         let audience: Audience = parse("audience", &req.audience)?;
         let tools: Vec<Tool> = parse_all("tool", &req.tools)?;

@@ -55,6 +55,7 @@ mod store;
 pub use audit::{
     AuditContext, AuditEvent, AuditFilter, AuditRecord, ChainReport, GENESIS_HASH, canonical_event, chain_hash,
 };
+pub use commit::WriteIntent;
 pub use error::{Result, StoreError};
 pub use migrate::{MigrationReport, StoreExport, Tombstone};
 pub use pg_store::{PG_SCHEMA_VERSION, PgStore};

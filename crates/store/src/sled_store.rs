@@ -598,4 +598,8 @@ impl Store for SledStore {
     fn subscribe_revocations(&self) -> watch::Receiver<u64> {
         self.inner.durable.subscribe_revocations()
     }
+
+    fn write_intent(&self) -> crate::WriteIntent {
+        self.inner.commit.intent()
+    }
 }

@@ -238,6 +238,14 @@ pub trait Store: Send + Sync + 'static {
     /// The seq of the newest durable revocation event (0 when none).
     fn revocation_seq(&self) -> u64;
 
+    /// Announces a write on its way: call where a request starts the work
+    /// that ends in a durable write, hold until it is answered. A store that
+    /// groups commits waits for more writers while many are on their way
+    /// (see [`WriteIntent`]); one that does not answers an inert intent.
+    fn write_intent(&self) -> crate::WriteIntent {
+        crate::WriteIntent::default()
+    }
+
     /// Receives [`revocation_seq`](Self::revocation_seq) after each flush
     /// that made new revocation events durable.
     fn subscribe_revocations(&self) -> tokio::sync::watch::Receiver<u64>;
