@@ -7,7 +7,7 @@
 //! [`ChainReport::head`] to anchor it.
 
 use lanyard_core::{Action, Audience, SessionId, SpiffeId, TaskId, Tool, User};
-use ring::digest::{SHA256, digest};
+use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -153,13 +153,36 @@ pub struct ChainReport {
 
 /// The hash of record `seq` holding `event` after a record whose hash is `prev_hash`.
 pub fn chain_hash(prev_hash: &[u8; 32], seq: u64, event: &AuditEvent) -> [u8; 32] {
-    let mut input = Vec::with_capacity(128);
-    input.extend_from_slice(prev_hash);
-    input.extend_from_slice(&seq.to_be_bytes());
-    input.extend_from_slice(canonical_event(event).as_bytes());
+    hash_canonical(prev_hash, seq, &canonical_event(event))
+}
+
+/// [`chain_hash`] of an event given as its canonical JSON.
+fn hash_canonical(prev_hash: &[u8; 32], seq: u64, canonical: &str) -> [u8; 32] {
+    let mut context = Context::new(&SHA256);
+    context.update(prev_hash);
+    context.update(&seq.to_be_bytes());
+    context.update(canonical.as_bytes());
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, &input).as_ref());
+    out.copy_from_slice(context.finish().as_ref());
     out
+}
+
+/// An event with its canonical JSON, worked out once: the record's hash
+/// covers that text, and the audit log stores it as the record's `event`.
+/// Built before a writer takes the chain lock, so the lock is held only to
+/// hash and link.
+#[derive(Clone, Debug)]
+pub(crate) struct CanonicalEvent {
+    pub(crate) event: AuditEvent,
+    /// [`canonical_event`] of `event`.
+    pub(crate) json: String,
+}
+
+impl From<AuditEvent> for CanonicalEvent {
+    fn from(event: AuditEvent) -> Self {
+        let json = canonical_event(&event);
+        Self { event, json }
+    }
 }
 
 /// The canonical JSON of an event: no whitespace, object keys sorted by
@@ -328,6 +351,12 @@ impl ChainHead {
     pub(crate) fn next(&self, event: AuditEvent) -> AuditRecord {
         let seq = self.seq + 1;
         AuditRecord { seq, hash: chain_hash(&self.hash, seq, &event), prev_hash: self.hash, event }
+    }
+
+    /// [`next`](Self::next) for an event whose canonical JSON is known.
+    pub(crate) fn next_canonical(&self, event: AuditEvent, canonical: &str) -> AuditRecord {
+        let seq = self.seq + 1;
+        AuditRecord { seq, hash: hash_canonical(&self.hash, seq, canonical), prev_hash: self.hash, event }
     }
 
     /// The head after `record`.

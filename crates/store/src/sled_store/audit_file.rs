@@ -63,11 +63,25 @@ pub(super) struct RedoOp {
     value: Option<String>,
 }
 
-#[derive(Serialize)]
-struct LineOut<'a> {
-    record: &'a AuditRecord,
-    #[serde(skip_serializing_if = "<[RedoOp]>::is_empty")]
-    redo: &'a [RedoOp],
+/// Writes the line of `record` (whose event's canonical JSON is
+/// `event_json`) and its redo writes: what serde would write for
+/// `{"record": record, "redo": redo}`, `redo` left out when empty.
+fn write_line(out: &mut Vec<u8>, record: &AuditRecord, event_json: &str, redo: &[RedoOp]) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"record\":{\"seq\":");
+    out.extend_from_slice(record.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event_json.as_bytes());
+    for (name, hash) in [(&b",\"prev_hash\":\""[..], &record.prev_hash), (&b"\",\"hash\":\""[..], &record.hash)] {
+        out.extend_from_slice(name);
+        out.extend_from_slice(lanyard_core::hex::encode(hash).as_bytes());
+    }
+    out.extend_from_slice(b"\"}");
+    if !redo.is_empty() {
+        out.extend_from_slice(b",\"redo\":");
+        serde_json::to_writer(&mut *out, redo)?;
+    }
+    out.extend_from_slice(b"}\n");
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -234,14 +248,21 @@ impl AuditFile {
     /// Appends `record` with the redo writes of its change. The caller holds
     /// the chain lock, so records go in seq order.
     pub(super) fn append(&self, record: &AuditRecord, redo: &[RedoOp]) -> Result<()> {
+        self.append_canonical(record, &crate::audit::canonical_event(&record.event), redo)
+    }
+
+    /// [`append`](Self::append) given the canonical JSON of the record's
+    /// event, which goes into the line as it is: it is JSON text of the
+    /// event (keys sorted), so the line decodes as if serde had written it,
+    /// and the event is encoded once for its hash and its line.
+    pub(super) fn append_canonical(&self, record: &AuditRecord, event_json: &str, redo: &[RedoOp]) -> Result<()> {
         self.check()?;
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let start = pending.bytes.len();
-        if let Err(e) = serde_json::to_writer(&mut pending.bytes, &LineOut { record, redo }) {
+        if let Err(e) = write_line(&mut pending.bytes, record, event_json, redo) {
             pending.bytes.truncate(start);
             return Err(StoreError::Corrupt(format!("audit record {} does not encode: {e}", record.seq)));
         }
-        pending.bytes.push(b'\n');
         let line = (pending.bytes.len() - start) as u64;
         pending.lines.push(line);
         Ok(())
@@ -411,7 +432,40 @@ impl Drop for AuditFile {
 #[cfg(test)]
 mod index_tests {
     use super::*;
-    use crate::audit::{AuditEvent, ChainHead};
+    use crate::audit::{AuditContext, AuditEvent, ChainHead};
+
+    #[test]
+    fn a_line_holds_what_serde_would_write_for_the_record_and_its_redo() {
+        let awkward = "quote \" backslash \\ controls \u{0}\u{8}\u{c}\n\r\t\u{1f} del \u{7f} é 🔑 </script>";
+        let context = AuditContext {
+            decision: Some("deny".into()),
+            reason: Some(awkward.into()),
+            policies: vec!["p1".into(), "policy \"2\"".into()],
+            connector: Some("spiffe://example.org/c".parse().unwrap()),
+            ..AuditContext::default()
+        };
+        let detail = serde_json::json!({"z": [1, -2.5, null, true], "a": {"y": awkward, "b": {}}, "é": 1e300});
+        let event =
+            AuditEvent { at: 7, kind: "k".into(), actor: awkward.into(), subject: String::new(), detail, context };
+        let record = ChainHead::GENESIS.next(event);
+        let redo = [
+            RedoOp { tree: "tasks".into(), key: "AAE=".into(), value: Some("e30=".into()) },
+            RedoOp { tree: "meta".into(), key: "YQ==".into(), value: None },
+        ];
+        for redo in [&redo[..], &[]] {
+            let mut line = Vec::new();
+            write_line(&mut line, &record, &crate::audit::canonical_event(&record.event), redo).unwrap();
+            assert_eq!(line.pop(), Some(b'\n'));
+            let written: Value = serde_json::from_slice(&line).unwrap();
+            let mut want = serde_json::json!({ "record": record });
+            if !redo.is_empty() {
+                want["redo"] = serde_json::to_value(redo).unwrap();
+            }
+            assert_eq!(written, want);
+            let parsed: LineIn = serde_json::from_slice(&line).unwrap();
+            assert_eq!(Stored { record: parsed.record, redo: parsed.redo }.decode(1).unwrap(), record);
+        }
+    }
 
     fn records(n: u64) -> Vec<AuditRecord> {
         let mut head = ChainHead::GENESIS;

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::audit_file::{AuditFile, RedoOp};
 use super::layout::{AUDIT_APPLIED_KEY, Batch, REVOCATION_SEQ_KEY, TreeId, Trees, be_num};
 use super::{Inner, lock};
-use crate::audit::{AuditEvent, AuditFilter, AuditRecord, ChainHead, ChainReport, ChainWalker};
+use crate::audit::{AuditEvent, AuditFilter, AuditRecord, CanonicalEvent, ChainHead, ChainReport, ChainWalker};
 use crate::error::{Result, StoreError};
 use crate::revocation::Revocation;
 
@@ -146,9 +146,15 @@ impl Inner {
     /// the chain head, in one transaction; advances `log` once applied.
     ///
     /// The caller holds the chain lock (`log` is its guard) from whatever
-    /// checks decided the batch until this returns.
-    pub(super) fn apply_audited(&self, log: &mut LogState, batch: Batch, event: AuditEvent) -> Result<AuditRecord> {
-        let mut records = self.commit_logged(log, batch, vec![event], None)?;
+    /// checks decided the batch until this returns. (A caller on a hot path
+    /// makes the [`CanonicalEvent`] before it takes the lock.)
+    pub(super) fn apply_audited(
+        &self,
+        log: &mut LogState,
+        batch: Batch,
+        event: impl Into<CanonicalEvent>,
+    ) -> Result<AuditRecord> {
+        let mut records = self.commit_logged(log, batch, vec![event.into()], None)?;
         records.pop().ok_or_else(|| StoreError::Corrupt("audit record was not written".into()))
     }
 
@@ -170,7 +176,7 @@ impl Inner {
                 detail.insert("ended_tasks".into(), serde_json::Value::Array(ids));
             }
         }
-        self.commit_logged(log, batch, vec![event], Some(&revocation))?;
+        self.commit_logged(log, batch, vec![event.into()], Some(&revocation))?;
         Ok(revocation)
     }
 
@@ -187,7 +193,7 @@ impl Inner {
         &self,
         log: &mut LogState,
         mut batch: Batch,
-        events: Vec<AuditEvent>,
+        events: Vec<CanonicalEvent>,
         revocation: Option<&Revocation>,
     ) -> Result<Vec<AuditRecord>> {
         let mut next = *log;
@@ -197,10 +203,12 @@ impl Inner {
             batch.put(TreeId::Meta, REVOCATION_SEQ_KEY, &revocation.seq)?;
         }
         let mut records = Vec::with_capacity(events.len());
-        for event in events {
-            let record = next.audit.next(event);
+        let mut texts = Vec::with_capacity(events.len());
+        for CanonicalEvent { event, json } in events {
+            let record = next.audit.next_canonical(event, &json);
             next.audit = ChainHead::after(&record);
             records.push(record);
+            texts.push(json);
         }
         let changes_state = !batch.is_empty();
         if changes_state {
@@ -208,9 +216,9 @@ impl Inner {
         }
         let redo = RedoOp::from_batch(&batch);
         let _gate = changes_state.then(|| self.sled_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for (i, record) in records.iter().enumerate() {
+        for (i, (record, json)) in records.iter().zip(&texts).enumerate() {
             let ops: &[RedoOp] = if i + 1 == records.len() { &redo } else { &[] };
-            if let Err(e) = self.audit_file.append(record, ops) {
+            if let Err(e) = self.audit_file.append_canonical(record, json, ops) {
                 // A part-written line must never be followed by another.
                 self.commit.close();
                 return Err(e);
@@ -237,10 +245,12 @@ impl Inner {
     }
 
     pub(super) fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord> {
+        let event = CanonicalEvent::from(event);
         self.apply_audited(&mut lock(&self.chain), Batch::default(), event)
     }
 
     pub(super) fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord> {
+        let event = CanonicalEvent::from(event);
         let mut log = lock(&self.chain);
         if pre.still_hold_at(log.revocation) {
             return self.apply_audited(&mut log, Batch::default(), event);
@@ -267,6 +277,7 @@ impl Inner {
     }
 
     pub(super) fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {
+        let events = events.into_iter().map(CanonicalEvent::from).collect();
         self.commit_logged(&mut lock(&self.chain), Batch::default(), events, None)
     }
 
