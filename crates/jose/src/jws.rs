@@ -1,5 +1,6 @@
 //! Compact JWS (RFC 7515 §7.1) with ES256 only, parsed strictly.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -208,6 +209,28 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
+/// A member name, borrowed from the JSON text unless it holds an escape.
+struct MemberName<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = MemberName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Borrowed(name)))
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(name.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
 /// Accepts any JSON object whose top-level member names are unique.
 struct UniqueObject;
 
@@ -221,7 +244,7 @@ impl<'de> Deserialize<'de> for UniqueObject {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueObject, A::Error> {
                 let mut seen = HashSet::new();
-                while let Some(name) = map.next_key::<String>()? {
+                while let Some(MemberName(name)) = map.next_key()? {
                     if !seen.insert(name) {
                         return Err(de::Error::custom("duplicate member"));
                     }

@@ -244,6 +244,8 @@ fn payload_not_a_json_object() {
         b"{}x",
         b"{\"a\":}",
         br#"{"exp":1,"exp":2}"#,
+        br#"{"e\u0078p":1,"exp":2}"#,
+        br#"{"exp":1,"\u0065xp":2}"#,
         b"{\"s\":\"\xff\"}",
         b"\xef\xbb\xbf{}",
     ] {
