@@ -115,6 +115,11 @@ pub struct TaskTokenClaims {
 impl TaskTokenClaims {
     /// The claims for `t`, issued at `now` with token id `jti`.
     pub fn new(t: &TaskTokenTemplate, now: SystemTime, jti: String) -> Self {
+        Self::expiring(t, t.expires_at, now, jti)
+    }
+
+    /// [`new`](Self::new) with `expires_at` in place of the template's.
+    fn expiring(t: &TaskTokenTemplate, expires_at: SystemTime, now: SystemTime, jti: String) -> Self {
         let details = t
             .tools
             .iter()
@@ -130,7 +135,7 @@ impl TaskTokenClaims {
             iss: t.issuer.clone(),
             sub: t.connector.to_string(),
             aud: t.audience.to_string(),
-            exp: unix_secs(t.expires_at),
+            exp: unix_secs(expires_at),
             iat: unix_secs(now),
             jti,
             txn: t.task.to_string(),
@@ -183,7 +188,7 @@ impl JwtAuthority {
             return Err(CaError::BadAudience("the task token would already be expired"));
         }
         let jti = random_jti()?;
-        let claims = TaskTokenClaims::new(&TaskTokenTemplate { expires_at, ..template.clone() }, now, jti.clone());
+        let claims = TaskTokenClaims::expiring(template, expires_at, now, jti.clone());
         let token = self.sign_claims_as(JWT_TYP, &claims)?;
         Ok(SignedTaskToken { token, jti, expires_at })
     }

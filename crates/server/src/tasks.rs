@@ -134,9 +134,13 @@ impl State {
         agent: Option<&SpiffeId>,
         session: &SessionId,
     ) -> Result<OpenRisks, ApiError> {
-        let subjects = Self::risk_subjects(user, connector, agent, session);
+        self.open_risks_on(&Self::risk_subjects(user, connector, agent, session)).await
+    }
+
+    /// The highest open risk on each of `subjects` (from [`risk_subjects`](Self::risk_subjects)).
+    async fn open_risks_on(&self, subjects: &[RiskSubject]) -> Result<OpenRisks, ApiError> {
         let mut risks = OpenRisks::default();
-        for record in self.store.open_risks(&subjects).await? {
+        for record in self.store.open_risks(subjects).await? {
             let Ok(level) = record.level.parse::<RiskLevel>() else {
                 return Err(ApiError::Internal(format!("stored risk level {:?}", record.level)));
             };
@@ -277,16 +281,19 @@ impl State {
         let ancestors = self.ancestors(&task).await?;
         // The caller acts as the task's connector, if it is entitled to it.
         let identity = caller.iter().find(|c| c.entry.spiffe_id == task.connector).unwrap_or(first);
-        let mut context = task_context(&task, Some(agent));
-        context.tools.clone_from(&tools);
-        context.action = Some(action);
-        context.audience = Some(audience.clone());
-        let event =
-            self.event("tasktoken.mint", identity.entry.spiffe_id.as_str(), task.id.to_string().as_str(), context);
+        let mint_event = |tools: &[Tool], audience: &Audience| {
+            let mut context = task_context(&task, Some(agent));
+            context.tools = tools.to_vec();
+            context.action = Some(action);
+            context.audience = Some(audience.clone());
+            self.event("tasktoken.mint", identity.entry.spiffe_id.as_str(), task.id.to_string().as_str(), context)
+        };
+        let event = mint_event(&tools, &audience);
 
         let now = self.now();
         let session_revoked = self.store.is_session_revoked(&task.session).await?;
-        let risks = self.open_risks(&task.user, &task.connector, Some(agent), &task.session).await?;
+        let subjects = Self::risk_subjects(&task.user, &task.connector, Some(agent), &task.session);
+        let risks = self.open_risks_on(&subjects).await?;
         let request = TokenRequest {
             connector: &identity.entry,
             task: &task,
@@ -345,7 +352,7 @@ impl State {
             tasks: std::iter::once(&task).chain(&ancestors).map(|t| t.id).collect(),
             now: unix_secs(now),
             session: Some(task.session.clone()),
-            risks: Self::risk_subjects(&task.user, &task.connector, Some(agent), &task.session),
+            risks: subjects,
             blocking_levels: RiskLevel::ALL
                 .into_iter()
                 .filter(|l| *l >= self.ceilings.risk_threshold)
@@ -353,12 +360,10 @@ impl State {
                 .collect(),
             checked_at_revocation: Some(checked_at_revocation),
         };
-        match self.store.append_audit_if(event.clone(), &pre).await {
+        match self.store.append_audit_if(event, &pre).await {
             Ok(_) => {}
             Err(StoreError::Revoked(reason)) => {
-                event.context.decision = None;
-                event.context.policies.clear();
-                event.context.jti_hash = None;
+                let event = mint_event(&template.tools, &template.audience);
                 return Err(self.record_deny(event, reason, Vec::new()).await);
             }
             Err(e) => return Err(e.into()),
