@@ -192,7 +192,9 @@ impl GroupCommit {
 
     /// Whether at least [`SIBLINGS`] writers are on their way to a ticket
     /// newer than `target`: holders of an intent, less those that may be
-    /// among the tickets from `flushed` up to `target`.
+    /// among the tickets from `flushed` up to `target`. A writer woken by
+    /// the last flush counts until it drops its intent, so the count errs
+    /// towards waiting, by one [`COMMIT_DELAY`] at most.
     fn siblings_on_their_way(&self, flushed: u64, target: u64) -> bool {
         let intents = self.intents.load(Ordering::Relaxed);
         intents.saturating_sub(target - flushed) >= SIBLINGS
