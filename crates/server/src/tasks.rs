@@ -360,7 +360,7 @@ impl State {
                 .collect(),
             checked_at_revocation: Some(checked_at_revocation),
         };
-        match self.store.append_audit_if(event, &pre).await {
+        match self.store.append_audit_if(event, pre).await {
             Ok(_) => {}
             Err(StoreError::Revoked(reason)) => {
                 let event = mint_event(&template.tools, &template.audience);

@@ -871,13 +871,13 @@ impl Store for PgStore {
         Ok(record)
     }
 
-    async fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord> {
+    async fn append_audit_if(&self, event: AuditEvent, pre: crate::Preconditions) -> Result<u64> {
         let mut client = self.client().await?;
         let mut w = Write::begin(&mut client).await?;
         if pre.still_hold_at(w.head.revocation) {
             let record = w.audit(event).await?;
             self.commit(w).await?;
-            return Ok(record);
+            return Ok(record.seq);
         }
         for id in &pre.tasks {
             let task: Option<Task> =
@@ -906,7 +906,7 @@ impl Store for PgStore {
         }
         let record = w.audit(event).await?;
         self.commit(w).await?;
-        Ok(record)
+        Ok(record.seq)
     }
 
     async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {

@@ -483,9 +483,8 @@ impl Store for SledStore {
         self.append_only(move |inner| inner.append_audit(event)).await
     }
 
-    async fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord> {
-        let pre = pre.clone();
-        self.append_only(move |inner| inner.append_audit_if(event, &pre)).await
+    async fn append_audit_if(&self, event: AuditEvent, pre: crate::Preconditions) -> Result<u64> {
+        self.append_only(move |inner| inner.append_audit_if(event, &pre).map(|record| record.seq)).await
     }
 
     async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {

@@ -112,8 +112,10 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an allow decision's record only if `pre` still holds at that
     /// moment (checked under the lock every revocation takes); otherwise
     /// [`StoreError::Revoked`] naming what no longer holds, and nothing is
-    /// written. Returns once durable.
-    async fn append_audit_if(&self, event: AuditEvent, pre: &crate::Preconditions) -> Result<AuditRecord>;
+    /// written. Returns the record's seq once durable. (Not the record: a
+    /// mint has no use for it, and what it does not hold across the wait
+    /// is freed by the thread that allocated it.)
+    async fn append_audit_if(&self, event: AuditEvent, pre: crate::Preconditions) -> Result<u64>;
 
     /// Appends several records atomically, with consecutive seqs, and
     /// returns them once durable: one write for a batch of credentials.

@@ -79,18 +79,18 @@ pub(super) async fn a_decision_is_not_recorded_once_a_revocation_got_in(fx: &Fix
         blocking_levels: blocking(),
         checked_at_revocation: None,
     };
-    store.append_audit_if(event("allow"), &pre(1, "s1")).await.unwrap();
+    store.append_audit_if(event("allow"), pre(1, "s1")).await.unwrap();
 
     store.end_task(&tid(1), 1501, event("task.end")).await.unwrap();
-    let err = store.append_audit_if(event("allow"), &pre(1, "s1")).await.unwrap_err();
+    let err = store.append_audit_if(event("allow"), pre(1, "s1")).await.unwrap_err();
     assert!(matches!(&err, StoreError::Revoked(why) if why.contains("has ended")), "{err:?}");
 
     let expired = Preconditions { now: u64::MAX, ..pre(2, "s2") };
-    assert!(matches!(store.append_audit_if(event("allow"), &expired).await, Err(StoreError::Revoked(_))));
+    assert!(matches!(store.append_audit_if(event("allow"), expired).await, Err(StoreError::Revoked(_))));
 
     store.revoke_session(&SessionId::parse("s9").unwrap(), 1, event("session.revoke")).await.unwrap();
     let revoked = Preconditions { session: Some(sid("s9")), ..pre(2, "s2") };
-    assert!(matches!(store.append_audit_if(event("allow"), &revoked).await, Err(StoreError::Revoked(_))));
+    assert!(matches!(store.append_audit_if(event("allow"), revoked).await, Err(StoreError::Revoked(_))));
 
     let risk = RiskRecord {
         subject: RiskSubject::User { sub: "alice".into(), iss: None },
@@ -100,11 +100,11 @@ pub(super) async fn a_decision_is_not_recorded_once_a_revocation_got_in(fx: &Fix
         reported_by: "admin".into(),
     };
     store.report_risk(risk, event("risk.report")).await.unwrap();
-    let err = store.append_audit_if(event("allow"), &pre(2, "s2")).await.unwrap_err();
+    let err = store.append_audit_if(event("allow"), pre(2, "s2")).await.unwrap_err();
     assert!(matches!(&err, StoreError::Revoked(why) if why.contains("medium")), "{err:?}");
     // Below the blocking levels the risk does not stop it.
     let lenient = Preconditions { blocking_levels: vec!["high".into()], ..pre(2, "s2") };
-    store.append_audit_if(event("allow"), &lenient).await.unwrap();
+    store.append_audit_if(event("allow"), lenient).await.unwrap();
 
     // Refused decisions wrote nothing.
     let kinds: Vec<_> = store.audit_range(1, 100).await.unwrap().into_iter().map(|r| r.event.kind).collect();
@@ -126,18 +126,18 @@ pub(super) async fn checks_made_at_a_revocation_seq_stand_until_the_next_revocat
         blocking_levels: blocking(),
         checked_at_revocation: Some(seen),
     };
-    store.append_audit_if(event("allow"), &checked).await.unwrap();
+    store.append_audit_if(event("allow"), checked.clone()).await.unwrap();
 
     // Once a revocation got in, everything is checked again under the lock.
     store.end_task(&tid(1), 1501, event("task.end")).await.unwrap();
     assert_eq!(store.revocation_seq(), seen + 1);
     let stale = Preconditions { now: 1500, ..checked.clone() };
-    let err = store.append_audit_if(event("allow"), &stale).await.unwrap_err();
+    let err = store.append_audit_if(event("allow"), stale).await.unwrap_err();
     assert!(matches!(&err, StoreError::Revoked(why) if why.contains("has ended")), "{err:?}");
     // A seq from before other revocations is no better.
     store.revoke_session(&sid("s1"), 1, event("session.revoke")).await.unwrap();
     let older = Preconditions { tasks: Vec::new(), now: 1500, ..checked };
-    let err = store.append_audit_if(event("allow"), &older).await.unwrap_err();
+    let err = store.append_audit_if(event("allow"), older).await.unwrap_err();
     assert!(matches!(&err, StoreError::Revoked(why) if why.contains("session")), "{err:?}");
     // A risk reported after the caller's checks is a revocation too.
     store.create_task(task(2, "gh", "s2", None), event("task.begin")).await.unwrap();
@@ -158,7 +158,7 @@ pub(super) async fn checks_made_at_a_revocation_seq_stand_until_the_next_revocat
         reported_by: "admin".into(),
     };
     store.report_risk(risk, event("risk.report")).await.unwrap();
-    let err = store.append_audit_if(event("allow"), &before_risk).await.unwrap_err();
+    let err = store.append_audit_if(event("allow"), before_risk).await.unwrap_err();
     assert!(matches!(&err, StoreError::Revoked(why) if why.contains("high")), "{err:?}");
 
     let kinds: Vec<_> = store.audit_range(1, 100).await.unwrap().into_iter().map(|r| r.event.kind).collect();
