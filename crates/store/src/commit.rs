@@ -193,9 +193,15 @@ impl GroupCommit {
 
     /// Whether at least [`SIBLINGS`] writers are on their way to a ticket
     /// newer than `target`: holders of an intent, less those that may be
-    /// among the tickets from `flushed` up to `target`. A writer woken by
-    /// the last flush counts until it drops its intent, so the count errs
-    /// towards waiting, by one [`COMMIT_DELAY`] at most.
+    /// among the tickets from `flushed` up to `target`.
+    ///
+    /// Most of those counted are writers the last flush woke and that have
+    /// not yet been answered (a mint runs from its intent to its ticket in
+    /// one poll, so few are caught mid-way): they show how large the last
+    /// group was and how much work is queued behind the flush. An intent
+    /// dropped at the write instead counted only the mints running at that
+    /// instant, at most one per worker, and the wait never began (4 tokens a
+    /// sync in process, as with no wait).
     fn siblings_on_their_way(&self, flushed: u64, target: u64) -> bool {
         let intents = self.intents.load(Ordering::Relaxed);
         intents.saturating_sub(target - flushed) >= SIBLINGS
