@@ -171,7 +171,7 @@ fn hash_canonical(prev_hash: &[u8; 32], seq: u64, canonical: &str) -> [u8; 32] {
 /// covers that text, and the audit log stores it as the record's `event`.
 /// Built before a writer takes the chain lock, so the lock is held only to
 /// hash and link.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct CanonicalEvent {
     pub(crate) event: AuditEvent,
     /// [`canonical_event`] of `event`.
@@ -349,8 +349,8 @@ impl ChainHead {
 
     /// The record that would follow this head.
     pub(crate) fn next(&self, event: AuditEvent) -> AuditRecord {
-        let seq = self.seq + 1;
-        AuditRecord { seq, hash: chain_hash(&self.hash, seq, &event), prev_hash: self.hash, event }
+        let canonical = canonical_event(&event);
+        self.next_canonical(event, &canonical)
     }
 
     /// [`next`](Self::next) for an event whose canonical JSON is known.
